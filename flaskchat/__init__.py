@@ -1,0 +1,24 @@
+"""flaskchat: link-based chat rooms. `create_app` serves them, `RoomStore` owns them."""
+
+from .app import create_app
+from .errors import (
+    AuthenticationFailed,
+    InvalidInput,
+    RoomNotFound,
+    StoreError,
+    StoreUnavailable,
+    UsernameTaken,
+)
+from .store import Message, RoomStore
+
+__all__ = [
+    "AuthenticationFailed",
+    "InvalidInput",
+    "Message",
+    "RoomNotFound",
+    "RoomStore",
+    "StoreError",
+    "StoreUnavailable",
+    "UsernameTaken",
+    "create_app",
+]

@@ -1,0 +1,28 @@
+"""Storage backends and the URL that picks one (`FLASKCHAT_STORE_URL`)."""
+
+from __future__ import annotations
+
+import os
+
+from .base import Backend, RoomDump, StoredMessage, UserRecord
+
+__all__ = ["Backend", "RoomDump", "StoredMessage", "UserRecord", "open_backend"]
+
+
+def open_backend(url: str, instance_path: str | os.PathLike[str] | None = None) -> Backend:
+    """`memory://`, `sqlite:///relative.sqlite3` (inside `instance_path`) or
+    `sqlite:////absolute/path.sqlite3`."""
+    if url == "memory://":
+        from .memory import MemoryBackend
+
+        return MemoryBackend()
+    if url.startswith("sqlite:///"):
+        from .sqlite import SqliteBackend
+
+        path = url.removeprefix("sqlite:///")
+        if not path:
+            raise ValueError("A sqlite store URL needs a file name: sqlite:///name.sqlite3")
+        if not os.path.isabs(path):
+            path = os.path.join(instance_path or os.getcwd(), path)
+        return SqliteBackend(path)
+    raise ValueError(f"Unsupported store URL {url!r}: use memory:// or sqlite:///file")

@@ -1,0 +1,89 @@
+"""The small protocol between `RoomStore` and where the data lives.
+
+A backend stores and fetches; it enforces no rules (the store has already applied
+them) except the two that must be atomic where the data is: a name key is taken
+once per room, and a `client_id` is stored once per user and room.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """An account as stored: the name as shown and its scrypt hash."""
+
+    username: str
+    password_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message as stored. `id` is opaque to clients and increases within a room."""
+
+    id: str
+    posted_at: datetime
+    username: str
+    text: str
+
+
+@dataclass(slots=True)
+class RoomDump:
+    """Everything a room holds, secrets included: what `store copy` moves."""
+
+    roomid: str
+    alias: str
+    users: dict[str, UserRecord] = field(default_factory=dict)
+    tokens: dict[str, list[str]] = field(default_factory=dict)
+    messages: list[StoredMessage] = field(default_factory=list)
+
+
+class Backend(Protocol):
+    """What `RoomStore` needs from storage. `roomid` always names an existing room
+    unless a method says otherwise; `key` is the case-folded username."""
+
+    def create_room(self, roomid: str, alias: str) -> bool:
+        """Store a new room; False if the id is already taken."""
+
+    def room_alias(self, roomid: str) -> str | None:
+        """The alias, or None when no such room exists."""
+
+    def add_user(self, roomid: str, key: str, user: UserRecord) -> bool:
+        """Store an account; False (and nothing stored) if `key` is taken."""
+
+    def get_user(self, roomid: str, key: str) -> UserRecord | None: ...
+
+    def add_token(self, roomid: str, key: str, digest: str) -> None: ...
+
+    def token_digests(self, roomid: str, key: str) -> list[str]:
+        """Digests of the user's live tokens, to be compared in constant time."""
+
+    def remove_token(self, roomid: str, key: str, digest: str) -> bool: ...
+
+    def append_message(
+        self,
+        roomid: str,
+        key: str,
+        username: str,
+        text: str,
+        posted_at: datetime,
+        client_id: str | None,
+    ) -> tuple[StoredMessage, bool]:
+        """Store a message; with a `client_id` already used by this user in this
+        room, store nothing and return the first copy with False."""
+
+    def recent_messages(self, roomid: str, limit: int) -> list[StoredMessage]:
+        """The newest `limit` messages, oldest first."""
+
+    def room_ids(self) -> Iterator[str]: ...
+
+    def dump_room(self, roomid: str) -> RoomDump: ...
+
+    def ping(self) -> None:
+        """Raise `StoreUnavailable` unless the storage answers."""
+
+    def close(self) -> None: ...

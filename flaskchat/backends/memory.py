@@ -1,0 +1,120 @@
+"""`memory://`: the seed's nested dict, behind one lock.
+
+Lives in one process only: several gunicorn workers would each have their own
+rooms. For tests, demos and scripts.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from .base import RoomDump, StoredMessage, UserRecord
+
+
+class MemoryBackend:
+    """Shape of `rooms` (the seed's, with secrets hashed)::
+
+        {roomid: {"alias": str,
+                  "users": {key: {"user": UserRecord, "tokens": set[str]}},
+                  "messages": [StoredMessage, ...],
+                  "client_ids": {(key, client_id): StoredMessage}}}
+
+    Every public method takes `_lock` for its whole body, so each is atomic.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rooms: dict[str, dict[str, Any]] = {}
+        self._last_id = 0
+
+    def create_room(self, roomid: str, alias: str) -> bool:
+        with self._lock:
+            if roomid in self._rooms:
+                return False
+            self._rooms[roomid] = {"alias": alias, "users": {}, "messages": [], "client_ids": {}}
+            return True
+
+    def room_alias(self, roomid: str) -> str | None:
+        with self._lock:
+            room = self._rooms.get(roomid)
+            return None if room is None else str(room["alias"])
+
+    def add_user(self, roomid: str, key: str, user: UserRecord) -> bool:
+        with self._lock:
+            users = self._rooms[roomid]["users"]
+            if key in users:
+                return False
+            users[key] = {"user": user, "tokens": set()}
+            return True
+
+    def get_user(self, roomid: str, key: str) -> UserRecord | None:
+        with self._lock:
+            entry = self._rooms[roomid]["users"].get(key)
+            return None if entry is None else entry["user"]
+
+    def add_token(self, roomid: str, key: str, digest: str) -> None:
+        with self._lock:
+            self._rooms[roomid]["users"][key]["tokens"].add(digest)
+
+    def token_digests(self, roomid: str, key: str) -> list[str]:
+        with self._lock:
+            entry = self._rooms[roomid]["users"].get(key)
+            return [] if entry is None else list(entry["tokens"])
+
+    def remove_token(self, roomid: str, key: str, digest: str) -> bool:
+        with self._lock:
+            entry = self._rooms[roomid]["users"].get(key)
+            if entry is None or digest not in entry["tokens"]:
+                return False
+            entry["tokens"].discard(digest)
+            return True
+
+    def append_message(
+        self,
+        roomid: str,
+        key: str,
+        username: str,
+        text: str,
+        posted_at: datetime,
+        client_id: str | None,
+    ) -> tuple[StoredMessage, bool]:
+        with self._lock:
+            room = self._rooms[roomid]
+            if client_id is not None and (key, client_id) in room["client_ids"]:
+                return room["client_ids"][key, client_id], False
+            self._last_id += 1
+            message = StoredMessage(str(self._last_id), posted_at, username, text)
+            room["messages"].append(message)
+            if client_id is not None:
+                room["client_ids"][key, client_id] = message
+            return message, True
+
+    def recent_messages(self, roomid: str, limit: int) -> list[StoredMessage]:
+        with self._lock:
+            messages: list[StoredMessage] = self._rooms[roomid]["messages"]
+            return messages[-limit:] if limit > 0 else []
+
+    def room_ids(self) -> Iterator[str]:
+        with self._lock:
+            ids = list(self._rooms)
+        return iter(ids)
+
+    def dump_room(self, roomid: str) -> RoomDump:
+        with self._lock:
+            room = self._rooms[roomid]
+            return RoomDump(
+                roomid=roomid,
+                alias=room["alias"],
+                users={key: entry["user"] for key, entry in room["users"].items()},
+                tokens={key: sorted(entry["tokens"]) for key, entry in room["users"].items()},
+                messages=list(room["messages"]),
+            )
+
+    def ping(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None

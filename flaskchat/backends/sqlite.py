@@ -1,0 +1,291 @@
+"""`sqlite:///file`: the default store, safe for several workers on one machine.
+
+WAL lets readers run beside the writer, `synchronous=FULL` makes an acknowledged
+message survive power loss, and the busy timeout makes workers wait for each
+other instead of failing. The schema version lives in `PRAGMA user_version`;
+`MIGRATIONS[n]` takes a database from version n to n + 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
+
+from ..errors import StoreUnavailable
+from .base import RoomDump, StoredMessage, UserRecord
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 10_000
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE rooms (
+        id TEXT PRIMARY KEY,
+        alias TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE users (
+        room_id TEXT NOT NULL REFERENCES rooms (id),
+        name_key TEXT NOT NULL,
+        username TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        PRIMARY KEY (room_id, name_key)
+    ) WITHOUT ROWID;
+    CREATE TABLE tokens (
+        room_id TEXT NOT NULL,
+        name_key TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        PRIMARY KEY (room_id, name_key, digest),
+        FOREIGN KEY (room_id, name_key) REFERENCES users (room_id, name_key)
+    ) WITHOUT ROWID;
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        room_id TEXT NOT NULL REFERENCES rooms (id),
+        name_key TEXT NOT NULL,
+        username TEXT NOT NULL,
+        body TEXT NOT NULL,
+        posted_at_us INTEGER NOT NULL,
+        client_id TEXT
+    );
+    CREATE INDEX messages_by_room ON messages (room_id, id);
+    CREATE UNIQUE INDEX messages_by_client_id
+        ON messages (room_id, name_key, client_id) WHERE client_id IS NOT NULL;
+    """,
+)
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+
+
+def _to_us(moment: datetime) -> int:
+    return (moment - EPOCH) // MICROSECOND
+
+
+def _from_us(us: int) -> datetime:
+    return EPOCH + us * MICROSECOND
+
+
+def _message(row: sqlite3.Row | tuple[int, str, str, int]) -> StoredMessage:
+    message_id, username, body, posted_at_us = row
+    return StoredMessage(str(message_id), _from_us(posted_at_us), username, body)
+
+
+class SqliteBackend:
+    """One connection per process behind a lock: SQLite serialises writers anyway,
+    and a lock works the same under threads and gevent. The connection is reopened
+    after a fork, so a preloaded app never shares one between workers."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
+        with self._lock:
+            self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        """Open (or reopen after a fork) and migrate; caller holds `_lock`."""
+        if self._conn is not None and self._pid == os.getpid():
+            return self._conn
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate(conn)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable() from exc
+        self._conn, self._pid = conn, os.getpid()
+        return conn
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Bring the schema forward inside one write transaction, so that workers
+        starting together migrate once."""
+        if conn.execute("PRAGMA user_version").fetchone()[0] >= len(MIGRATIONS):
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            for step in MIGRATIONS[version:]:
+                for statement in step.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run a block under the lock as one transaction; SQLite trouble becomes 503."""
+        with self._lock:
+            conn = self._connect()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable() from exc
+
+    def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            conn = self._connect()
+            try:
+                return query(conn)
+            except sqlite3.Error as exc:
+                raise StoreUnavailable() from exc
+
+    def create_room(self, roomid: str, alias: str) -> bool:
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO rooms (id, alias) VALUES (?, ?)", (roomid, alias)
+            )
+            return cursor.rowcount == 1
+
+    def room_alias(self, roomid: str) -> str | None:
+        row = self._read(
+            lambda c: c.execute("SELECT alias FROM rooms WHERE id = ?", (roomid,)).fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    def add_user(self, roomid: str, key: str, user: UserRecord) -> bool:
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "INSERT OR IGNORE INTO users (room_id, name_key, username, password_hash)"
+                " VALUES (?, ?, ?, ?)",
+                (roomid, key, user.username, user.password_hash),
+            )
+            return cursor.rowcount == 1
+
+    def get_user(self, roomid: str, key: str) -> UserRecord | None:
+        row = self._read(
+            lambda c: c.execute(
+                "SELECT username, password_hash FROM users WHERE room_id = ? AND name_key = ?",
+                (roomid, key),
+            ).fetchone()
+        )
+        return None if row is None else UserRecord(row[0], row[1])
+
+    def add_token(self, roomid: str, key: str, digest: str) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO tokens (room_id, name_key, digest) VALUES (?, ?, ?)",
+                (roomid, key, digest),
+            )
+
+    def token_digests(self, roomid: str, key: str) -> list[str]:
+        rows = self._read(
+            lambda c: c.execute(
+                "SELECT digest FROM tokens WHERE room_id = ? AND name_key = ?", (roomid, key)
+            ).fetchall()
+        )
+        return [row[0] for row in rows]
+
+    def remove_token(self, roomid: str, key: str, digest: str) -> bool:
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "DELETE FROM tokens WHERE room_id = ? AND name_key = ? AND digest = ?",
+                (roomid, key, digest),
+            )
+            return cursor.rowcount == 1
+
+    def append_message(
+        self,
+        roomid: str,
+        key: str,
+        username: str,
+        text: str,
+        posted_at: datetime,
+        client_id: str | None,
+    ) -> tuple[StoredMessage, bool]:
+        with self._transaction() as conn:
+            if client_id is not None:
+                row = conn.execute(
+                    "SELECT id, username, body, posted_at_us FROM messages"
+                    " WHERE room_id = ? AND name_key = ? AND client_id = ?",
+                    (roomid, key, client_id),
+                ).fetchone()
+                if row is not None:
+                    return _message(row), False
+            posted_at_us = _to_us(posted_at)
+            cursor = conn.execute(
+                "INSERT INTO messages (room_id, name_key, username, body, posted_at_us, client_id)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (roomid, key, username, text, posted_at_us, client_id),
+            )
+            assert cursor.lastrowid is not None
+            return _message((cursor.lastrowid, username, text, posted_at_us)), True
+
+    def recent_messages(self, roomid: str, limit: int) -> list[StoredMessage]:
+        rows = self._read(
+            lambda c: c.execute(
+                "SELECT id, username, body, posted_at_us FROM messages"
+                " WHERE room_id = ? ORDER BY id DESC LIMIT ?",
+                (roomid, max(limit, 0)),
+            ).fetchall()
+        )
+        return [_message(row) for row in reversed(rows)]
+
+    def room_ids(self) -> Iterator[str]:
+        rows = self._read(lambda c: c.execute("SELECT id FROM rooms ORDER BY id").fetchall())
+        return iter([row[0] for row in rows])
+
+    def dump_room(self, roomid: str) -> RoomDump:
+        def query(c: sqlite3.Connection) -> RoomDump:
+            (alias,) = c.execute("SELECT alias FROM rooms WHERE id = ?", (roomid,)).fetchone()
+            dump = RoomDump(roomid=roomid, alias=alias)
+            for key, username, password_hash in c.execute(
+                "SELECT name_key, username, password_hash FROM users WHERE room_id = ?"
+                " ORDER BY name_key",
+                (roomid,),
+            ):
+                dump.users[key] = UserRecord(username, password_hash)
+                dump.tokens[key] = []
+            for key, digest in c.execute(
+                "SELECT name_key, digest FROM tokens WHERE room_id = ? ORDER BY digest", (roomid,)
+            ):
+                dump.tokens[key].append(digest)
+            dump.messages = [
+                _message(row)
+                for row in c.execute(
+                    "SELECT id, username, body, posted_at_us FROM messages"
+                    " WHERE room_id = ? ORDER BY id",
+                    (roomid,),
+                )
+            ]
+            return dump
+
+        return self._read(query)
+
+    def ping(self) -> None:
+        self._read(lambda c: c.execute("SELECT 1").fetchone())
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+    def integrity_check(self) -> str:
+        """`ok` when SQLite finds nothing wrong with the file."""
+        return str(self._read(lambda c: c.execute("PRAGMA integrity_check").fetchone()[0]))

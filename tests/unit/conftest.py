@@ -1,0 +1,28 @@
+"""A `RoomStore` on each backend, so one contract suite runs against all of them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flaskchat import RoomStore
+
+BACKENDS = ["memory", "sqlite"]
+
+
+def store_url(kind: str, tmp_path: Path) -> str:
+    return {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path / 'chat.sqlite3'}"}[kind]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def room_store(backend_kind: str, tmp_path: Path) -> Iterator[RoomStore]:
+    store = RoomStore.from_url(store_url(backend_kind, tmp_path))
+    yield store
+    store.close()

@@ -1,0 +1,86 @@
+"""What only the SQLite backend promises: durability settings, migrations, and
+data that outlives the process that wrote it."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from flaskchat import RoomStore, StoreUnavailable
+from flaskchat.backends.sqlite import MIGRATIONS, SqliteBackend
+
+PASSWORD = "correct horse battery"
+
+
+def test_file_is_in_wal_mode_with_the_current_schema(tmp_path: Path) -> None:
+    path = tmp_path / "chat.sqlite3"
+    backend = SqliteBackend(path)
+    backend.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert {"rooms", "users", "tokens", "messages"} <= tables
+
+
+def test_connection_uses_full_sync_and_a_busy_timeout(tmp_path: Path) -> None:
+    backend = SqliteBackend(tmp_path / "chat.sqlite3")
+    assert backend._read(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 2  # FULL
+    assert backend._read(lambda c: c.execute("PRAGMA busy_timeout").fetchone()[0]) >= 5000
+    assert backend.integrity_check() == "ok"
+    backend.close()
+
+
+def test_everything_survives_reopening_the_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'chat.sqlite3'}"
+    first = RoomStore.from_url(url)
+    roomid = first.create_room("durable")
+    first.register(roomid, "alice", PASSWORD)
+    token = first.login(roomid, "alice", PASSWORD)
+    first.post_message(roomid, "alice", token, "still here?")
+    before = first.snapshot()
+    first.close()
+
+    second = RoomStore.from_url(url)
+    assert second.snapshot() == before
+    second.post_message(roomid, "alice", token, "yes")  # the old token still works
+    assert second.login(roomid, "alice", PASSWORD)
+    assert len(second.conversation(roomid)) == 2
+    second.close()
+
+
+def test_two_stores_on_one_file_see_each_others_writes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'chat.sqlite3'}"
+    one, two = RoomStore.from_url(url), RoomStore.from_url(url)
+    roomid = one.create_room("shared")
+    two.register(roomid, "alice", PASSWORD)
+    token = one.login(roomid, "alice", PASSWORD)
+    two.post_message(roomid, "alice", token, "written by two")
+    assert one.conversation(roomid)[-1].endswith("<alice> written by two")
+    one.close()
+    two.close()
+
+
+def test_relative_paths_land_in_the_instance_folder(tmp_path: Path) -> None:
+    store = RoomStore.from_url("sqlite:///nested/chat.sqlite3", instance_path=tmp_path)
+    store.create_room("where am I")
+    store.close()
+    assert (tmp_path / "nested" / "chat.sqlite3").is_file()
+
+
+def test_a_newer_schema_is_migrated_forward_only(tmp_path: Path) -> None:
+    path = tmp_path / "chat.sqlite3"
+    SqliteBackend(path).close()
+    # Reopening an up-to-date file runs no migration (it would fail: tables exist).
+    SqliteBackend(path).close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+def test_an_unreadable_file_makes_the_store_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "chat.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreUnavailable):
+        SqliteBackend(path)
