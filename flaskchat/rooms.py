@@ -6,12 +6,23 @@ the rules and the storage live in the store.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, jsonify, render_template, request
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    jsonify,
+    render_template,
+    request,
+)
+from werkzeug.exceptions import BadRequest
 from werkzeug.routing import BaseConverter
 
 from . import rules
+from .store import Message, Presence, StreamItem
 from .web import failure_shape, html_page, json_fields, store
 
 
@@ -74,4 +85,70 @@ def message(roomid: str) -> Any:
 
 @bp.get("/get_conversation")
 def get_conversation(roomid: str) -> Any:
-    return jsonify(store().conversation(roomid))
+    """The seed's list of lines; polling clients that send `If-None-Match` get a
+    bodiless 304 while nothing changed."""
+    response = jsonify(store().conversation(roomid))
+    response.add_etag()
+    return response.make_conditional(request)
+
+
+@bp.get("/messages")
+def messages(roomid: str) -> Any:
+    limit = request.args.get("limit", "50")
+    if not (limit.isascii() and limit.isdigit() and len(limit) <= 6):
+        raise BadRequest("The limit must be a whole number.")
+    page = store().messages(
+        roomid,
+        before=request.args.get("before"),
+        after=request.args.get("after"),
+        limit=int(limit),
+    )
+    return jsonify({"messages": [message_json(m) for m in page.messages], "more": page.more})
+
+
+@bp.post("/ticket")
+@failure_shape(ticket=None)
+def ticket(roomid: str) -> Any:
+    fields = json_fields("username", "token")
+    issued = store().issue_ticket(roomid, fields["username"], fields["token"])
+    return jsonify({"succeeded": True, "ticket": issued})
+
+
+@bp.get("/events")
+def events(roomid: str) -> Response:
+    """Server-Sent Events: missed messages from `Last-Event-ID` (or `?after=`) on,
+    then live ones, with presence changes and keep-alive comments between."""
+    after = request.headers.get("Last-Event-ID") or request.args.get("after")
+    ticket = request.args.get("ticket")
+    username = None if ticket is None else store().redeem_ticket(roomid, ticket)
+    items = store().follow(
+        roomid, after=after, username=username, keepalive=current_app.config["SSE_KEEPALIVE"]
+    )
+    response = Response(sse_lines(items), mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # tell nginx not to hold events back
+    return response
+
+
+def sse_lines(items: Iterator[StreamItem]) -> Iterator[str]:
+    """Encode stream items as SSE records. The retry hint comes first, with the
+    opening presence, so a client sees bytes at once."""
+    yield "retry: 2000\n"
+    for item in items:
+        if item is None:
+            yield ": keep-alive\n\n"
+        elif isinstance(item, Presence):
+            yield f"event: presence\ndata: {json.dumps({'online': item.online})}\n\n"
+        else:
+            data = json.dumps(message_json(item), ensure_ascii=False)
+            yield f"id: {item.id}\nevent: message\ndata: {data}\n\n"
+
+
+def message_json(message: Message) -> dict[str, str]:
+    return {
+        "id": message.id,
+        "time": message.posted_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "username": message.username,
+        "text": message.text,
+        "line": message.line,
+    }

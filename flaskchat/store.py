@@ -8,6 +8,8 @@ before anything reaches a backend.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -18,9 +20,25 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from . import rules
 from .backends import Backend, StoredMessage, UserRecord, open_backend
 from .errors import AuthenticationFailed, InvalidInput, RoomNotFound, UsernameTaken
+from .live import RoomSignals, run_cpu_bound
 
 BAD_LOGIN = "Unknown username or wrong password."
 NOT_LOGGED_IN = "You are not logged in (or your session has ended). Please log in again."
+
+
+# A stream ticket lets one event stream say who is listening, once, for a minute.
+TICKET_LIFETIME = 60.0
+# A listener stays "online" this long after its stream closes, so a reconnect
+# does not flap; an open stream renews its presence well before it lapses.
+PRESENCE_GRACE = 10.0
+PRESENCE_LIFETIME = 45.0
+PRESENCE_RENEW = 15.0
+# How often an open stream looks at the presence list, which can also change by
+# expiry or through another process.
+PRESENCE_CHECK = 2.0
+# Missed messages are replayed in batches of this many.
+REPLAY_BATCH = 200
+PAGE_MAX = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +50,27 @@ class Message:
     username: str
     text: str
     line: str
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page of history, oldest first; `more` says whether the direction the
+    page was asked for holds further messages."""
+
+    messages: list[Message]
+    more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """Who has an open event stream in the room right now."""
+
+    online: list[str]
+
+
+# What an event stream yields: a message, a presence change, or None when it is
+# time for a keep-alive.
+StreamItem = Message | Presence | None
 
 
 class RoomStore:
@@ -58,6 +97,8 @@ class RoomStore:
         # Rooms are never deleted and their alias never changes, so a room seen once
         # can be answered from memory ever after.
         self._aliases: dict[str, str] = {}
+        self.signals = RoomSignals(backend)
+        self._online_cache: dict[str, tuple[float, list[str]]] = {}
 
     @classmethod
     def from_url(
@@ -96,7 +137,7 @@ class RoomStore:
         self.alias(roomid)
         username = rules.clean_username(username)
         rules.check_password(password)
-        user = UserRecord(username, generate_password_hash(password))
+        user = UserRecord(username, run_cpu_bound(generate_password_hash, password))
         if not self.backend.add_user(roomid, username.casefold(), user):
             raise UsernameTaken(f"The name {username} is already taken in this room.")
         return username
@@ -113,9 +154,9 @@ class RoomStore:
             key = None
         user = None if key is None else self.backend.get_user(roomid, key)
         if user is None or key is None:
-            check_password_hash(self._dummy_hash, password)
+            run_cpu_bound(check_password_hash, self._dummy_hash, password)
             raise AuthenticationFailed(BAD_LOGIN)
-        if not check_password_hash(user.password_hash, password):
+        if not run_cpu_bound(check_password_hash, user.password_hash, password):
             raise AuthenticationFailed(BAD_LOGIN)
         token = rules.new_token()
         self.backend.add_token(roomid, key, rules.token_digest(token))
@@ -140,7 +181,7 @@ class RoomStore:
 
     @cached_property
     def _dummy_hash(self) -> str:
-        return generate_password_hash(rules.new_token())
+        return run_cpu_bound(generate_password_hash, rules.new_token())
 
     # Messages
 
@@ -165,6 +206,138 @@ class RoomStore:
         self.alias(roomid)
         limit = self.conversation_limit if limit is None else limit
         return [self._message(m).line for m in self.backend.recent_messages(roomid, limit)]
+
+    def messages(
+        self,
+        roomid: str,
+        *,
+        before: str | None = None,
+        after: str | None = None,
+        limit: int = 50,
+    ) -> Page:
+        """History by cursor: the `limit` messages just before `before`, just after
+        `after`, or the newest ones. Cost does not grow with the room's history."""
+        self.alias(roomid)
+        if before is not None and after is not None:
+            raise InvalidInput("Ask for messages before an id or after one, not both.")
+        if not 1 <= limit <= PAGE_MAX:
+            raise InvalidInput(f"A page holds 1 to {PAGE_MAX} messages.")
+        if after is not None:
+            stored = self.backend.messages_after(roomid, after, limit + 1)
+            more, stored = len(stored) > limit, stored[:limit]
+        else:
+            if before is None:
+                stored = self.backend.recent_messages(roomid, limit + 1)
+            else:
+                stored = self.backend.messages_before(roomid, before, limit + 1)
+            more, stored = len(stored) > limit, stored[-limit:]
+        return Page([self._message(m) for m in stored], more)
+
+    # Live
+
+    def issue_ticket(self, roomid: str, username: str, token: str) -> str:
+        """A single-use ticket that lets an event stream count `username` as present
+        (a token never goes into a URL)."""
+        key = self._authenticate(roomid, username, token)
+        user = self.backend.get_user(roomid, key)
+        if user is None:
+            raise AuthenticationFailed(NOT_LOGGED_IN)
+        ticket = rules.new_token()
+        expires_at = time.time() + TICKET_LIFETIME
+        self.backend.add_ticket(roomid, rules.token_digest(ticket), user.username, expires_at)
+        return ticket
+
+    def redeem_ticket(self, roomid: str, ticket: str) -> str:
+        """Use up a ticket; returns the name it was issued to."""
+        self.alias(roomid)
+        username = self.backend.take_ticket(roomid, rules.token_digest(ticket), time.time())
+        if username is None:
+            raise AuthenticationFailed(
+                "This stream ticket was already used or has expired. Please reconnect."
+            )
+        return username
+
+    def online(self, roomid: str) -> list[str]:
+        """Names with an open event stream (or one closed within the grace period).
+        Cached for a second per process: every stream of a room asks."""
+        now = time.monotonic()
+        cached = self._online_cache.get(roomid)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        names = self.backend.online(roomid, time.time())
+        self._online_cache[roomid] = (now + 1.0, names)
+        return names
+
+    def follow(
+        self,
+        roomid: str,
+        *,
+        after: str | None = None,
+        username: str | None = None,
+        keepalive: float = 15.0,
+    ) -> Iterator[StreamItem]:
+        """An endless stream for one listener: first a `Presence`, then every
+        message after id `after` (from storage, in order, none twice), then new
+        ones as they come; None whenever `keepalive` seconds passed in silence.
+        With `username`, the listener counts as present while the stream is open.
+
+        Checks (unknown room, malformed `after`) run now, before the first item.
+        """
+        self.alias(roomid)
+        if after is not None:
+            self.backend.messages_after(roomid, after, 0)
+        return self._follow(roomid, after, username, keepalive)
+
+    def _follow(
+        self, roomid: str, after: str | None, username: str | None, keepalive: float
+    ) -> Iterator[StreamItem]:
+        stream = rules.new_token()
+        with self.signals.listening(roomid):
+            try:
+                if username is not None:
+                    self._set_presence(roomid, stream, username, PRESENCE_LIFETIME)
+                generation = self.signals.generation(roomid)
+                cursor = after if after is not None else self.backend.latest_message_id(roomid)
+                shown = self.online(roomid)
+                yield Presence(shown)
+                now = time.monotonic()
+                next_keepalive, next_check = now + keepalive, now + PRESENCE_CHECK
+                next_renewal = now + PRESENCE_RENEW
+                while True:
+                    batch = self.backend.messages_after(roomid, cursor, REPLAY_BATCH)
+                    for stored in batch:
+                        yield self._message(stored)
+                        cursor = stored.id
+                    if batch:
+                        next_keepalive = time.monotonic() + keepalive
+                    if len(batch) == REPLAY_BATCH:
+                        continue
+                    now = time.monotonic()
+                    if now >= next_check:
+                        next_check = now + PRESENCE_CHECK
+                    online = self.online(roomid)
+                    if online != shown:
+                        shown = online
+                        next_keepalive = now + keepalive
+                        yield Presence(online)
+                    if username is not None and now >= next_renewal:
+                        self._set_presence(roomid, stream, username, PRESENCE_LIFETIME)
+                        next_renewal = now + PRESENCE_RENEW
+                    if now >= next_keepalive:
+                        next_keepalive = now + keepalive
+                        yield None
+                    wake_at = min(next_keepalive, next_check, next_renewal)
+                    generation = self.signals.wait(roomid, generation, wake_at - time.monotonic())
+            finally:
+                if username is not None:
+                    self._set_presence(roomid, stream, username, PRESENCE_GRACE)
+
+    def _set_presence(self, roomid: str, stream: str, username: str, lifetime: float) -> None:
+        before = self.online(roomid)
+        self.backend.set_presence(roomid, stream, username, time.time() + lifetime)
+        self._online_cache.pop(roomid, None)
+        if self.online(roomid) != before:
+            self.signals.notify(roomid)
 
     def _message(self, stored: StoredMessage) -> Message:
         line = rules.format_line(stored.posted_at, stored.username, stored.text, self.tz)

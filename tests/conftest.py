@@ -7,11 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from actions import ChatActions
 from flask import Flask
 from flask.testing import FlaskClient
 
 from flaskchat import RoomStore, create_app
+
+from actions import ChatActions
 
 
 @pytest.fixture

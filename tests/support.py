@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import pytest
+from werkzeug.serving import make_server
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -105,3 +115,98 @@ class Service:
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
+
+
+class ServedApp:
+    """A WSGI app served by a real threaded HTTP server on 127.0.0.1, in this process."""
+
+    def __init__(self, app: WSGIApplication) -> None:
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.port = self.server.server_port
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServedApp:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@dataclass
+class Event:
+    event: str
+    data: Any
+    id: str | None = None
+
+
+class EventStream:
+    """A Server-Sent Events client over `http.client`, with a socket timeout so a
+    missing event fails the test instead of hanging it."""
+
+    def __init__(
+        self,
+        base_url: str,
+        path: str,
+        *,
+        last_event_id: str | None = None,
+        timeout: float = 10,
+    ) -> None:
+        parts = urlsplit(base_url)
+        self.connection = http.client.HTTPConnection(
+            parts.hostname or "127.0.0.1", parts.port, timeout=timeout
+        )
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        self.connection.request("GET", parts.path.rstrip("/") + path, headers=headers)
+        self.response = self.connection.getresponse()
+        self.status = self.response.status
+        self.comments = 0
+        self.last_id: str | None = last_event_id
+
+    def next_event(self) -> Event:
+        """The next event; comments (keep-alives) are counted and skipped."""
+        fields: dict[str, str] = {}
+        while True:
+            raw = self.response.readline()
+            if not raw:
+                raise EOFError("the stream ended")
+            line = raw.decode("utf-8").rstrip("\r\n")
+            if line.startswith(":"):
+                self.comments += 1
+            elif line:
+                name, _, value = line.partition(":")
+                fields[name] = value.removeprefix(" ")
+            elif "data" in fields:
+                if "id" in fields:
+                    self.last_id = fields["id"]
+                return Event(
+                    fields.get("event", "message"), json.loads(fields["data"]), fields.get("id")
+                )
+
+    def next_of(self, kind: str) -> Event:
+        while True:
+            event = self.next_event()
+            if event.event == kind:
+                return event
+
+    def messages(self, count: int) -> list[Event]:
+        return [self.next_of("message") for _ in range(count)]
+
+    def close(self) -> None:
+        """Really hang up: the response holds the socket open as long as it lives."""
+        self.response.close()
+        self.connection.close()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

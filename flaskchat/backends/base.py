@@ -7,10 +7,20 @@ once per room, and a `client_id` is stored once per user and room.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
+
+from ..errors import InvalidInput
+
+
+def parse_sequence_id(message_id: str) -> int:
+    """Memory and SQLite ids are decimal sequence numbers; anything else that
+    comes back as a cursor is a client's mistake."""
+    if not (message_id.isascii() and message_id.isdigit() and len(message_id) <= 18):
+        raise InvalidInput("That is not a message id of this room.")
+    return int(message_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +88,32 @@ class Backend(Protocol):
 
     def recent_messages(self, roomid: str, limit: int) -> list[StoredMessage]:
         """The newest `limit` messages, oldest first."""
+
+    def messages_before(self, roomid: str, before: str, limit: int) -> list[StoredMessage]:
+        """Up to `limit` messages just older than id `before`, oldest first.
+        Raises `InvalidInput` if `before` is not an id of this backend's form."""
+
+    def messages_after(self, roomid: str, after: str | None, limit: int) -> list[StoredMessage]:
+        """Up to `limit` messages just newer than id `after` (from the first one
+        when None), oldest first. Raises `InvalidInput` for a malformed id."""
+
+    def latest_message_id(self, roomid: str) -> str | None: ...
+
+    def wait_for_messages(self, roomids: Collection[str], timeout: float) -> set[str]:
+        """Block up to `timeout` seconds until any process may have added messages
+        to any of `roomids`; return those rooms (a superset is allowed)."""
+
+    def add_ticket(self, roomid: str, digest: str, username: str, expires_at: float) -> None:
+        """Store a single-use stream ticket (as its digest) until `expires_at`."""
+
+    def take_ticket(self, roomid: str, digest: str, now: float) -> str | None:
+        """Atomically remove a ticket; the username if it existed and was still valid."""
+
+    def set_presence(self, roomid: str, stream: str, username: str, expires_at: float) -> None:
+        """Say that `username` listens on `stream` until `expires_at`."""
+
+    def online(self, roomid: str, now: float) -> list[str]:
+        """Names with a presence that has not expired, sorted."""
 
     def room_ids(self) -> Iterator[str]: ...
 

@@ -6,12 +6,14 @@ rooms. For tests, demos and scripts.
 
 from __future__ import annotations
 
+import bisect
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Collection, Iterator
 from datetime import datetime
 from typing import Any
 
-from .base import RoomDump, StoredMessage, UserRecord
+from .base import RoomDump, StoredMessage, UserRecord, parse_sequence_id
 
 
 class MemoryBackend:
@@ -20,7 +22,9 @@ class MemoryBackend:
         {roomid: {"alias": str,
                   "users": {key: {"user": UserRecord, "tokens": set[str]}},
                   "messages": [StoredMessage, ...],
-                  "client_ids": {(key, client_id): StoredMessage}}}
+                  "client_ids": {(key, client_id): StoredMessage},
+                  "tickets": {digest: (username, expires_at)},
+                  "presence": {stream: (username, expires_at)}}}
 
     Every public method takes `_lock` for its whole body, so each is atomic.
     """
@@ -34,7 +38,14 @@ class MemoryBackend:
         with self._lock:
             if roomid in self._rooms:
                 return False
-            self._rooms[roomid] = {"alias": alias, "users": {}, "messages": [], "client_ids": {}}
+            self._rooms[roomid] = {
+                "alias": alias,
+                "users": {},
+                "messages": [],
+                "client_ids": {},
+                "tickets": {},
+                "presence": {},
+            }
             return True
 
     def room_alias(self, roomid: str) -> str | None:
@@ -96,6 +107,53 @@ class MemoryBackend:
         with self._lock:
             messages: list[StoredMessage] = self._rooms[roomid]["messages"]
             return messages[-limit:] if limit > 0 else []
+
+    def messages_before(self, roomid: str, before: str, limit: int) -> list[StoredMessage]:
+        cut = parse_sequence_id(before)
+        with self._lock:
+            messages: list[StoredMessage] = self._rooms[roomid]["messages"]
+            end = bisect.bisect_left(messages, cut, key=lambda m: int(m.id))
+            return messages[max(end - limit, 0) : end] if limit > 0 else []
+
+    def messages_after(self, roomid: str, after: str | None, limit: int) -> list[StoredMessage]:
+        cut = 0 if after is None else parse_sequence_id(after)
+        with self._lock:
+            messages: list[StoredMessage] = self._rooms[roomid]["messages"]
+            start = bisect.bisect_right(messages, cut, key=lambda m: int(m.id))
+            return messages[start : start + max(limit, 0)]
+
+    def latest_message_id(self, roomid: str) -> str | None:
+        with self._lock:
+            messages = self._rooms[roomid]["messages"]
+            return messages[-1].id if messages else None
+
+    def wait_for_messages(self, roomids: Collection[str], timeout: float) -> set[str]:
+        """Nothing outside this process can write here: just let the time pass."""
+        time.sleep(timeout)
+        return set()
+
+    def add_ticket(self, roomid: str, digest: str, username: str, expires_at: float) -> None:
+        with self._lock:
+            self._rooms[roomid]["tickets"][digest] = (username, expires_at)
+
+    def take_ticket(self, roomid: str, digest: str, now: float) -> str | None:
+        with self._lock:
+            tickets = self._rooms[roomid]["tickets"]
+            for stale in [d for d, (_, expires) in tickets.items() if expires <= now]:
+                del tickets[stale]
+            entry = tickets.pop(digest, None)
+            return None if entry is None else str(entry[0])
+
+    def set_presence(self, roomid: str, stream: str, username: str, expires_at: float) -> None:
+        with self._lock:
+            self._rooms[roomid]["presence"][stream] = (username, expires_at)
+
+    def online(self, roomid: str, now: float) -> list[str]:
+        with self._lock:
+            presence = self._rooms[roomid]["presence"]
+            for stale in [s for s, (_, expires) in presence.items() if expires <= now]:
+                del presence[stale]
+            return sorted({username for username, _ in presence.values()})
 
     def room_ids(self) -> Iterator[str]:
         with self._lock:

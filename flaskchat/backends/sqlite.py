@@ -11,18 +11,21 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
 from ..errors import StoreUnavailable
-from .base import RoomDump, StoredMessage, UserRecord
+from .base import RoomDump, StoredMessage, UserRecord, parse_sequence_id
 
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
+# How often a watching process looks for commits made by other processes.
+WATCH_INTERVAL = 0.02
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -57,6 +60,22 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX messages_by_client_id
         ON messages (room_id, name_key, client_id) WHERE client_id IS NOT NULL;
     """,
+    """
+    CREATE TABLE tickets (
+        digest TEXT PRIMARY KEY,
+        room_id TEXT NOT NULL REFERENCES rooms (id),
+        username TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX tickets_by_expiry ON tickets (expires_at);
+    CREATE TABLE presence (
+        room_id TEXT NOT NULL REFERENCES rooms (id),
+        stream TEXT NOT NULL,
+        username TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        PRIMARY KEY (room_id, stream)
+    ) WITHOUT ROWID;
+    """,
 )
 
 
@@ -87,6 +106,10 @@ class SqliteBackend:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
+        # A second connection, only for `wait_for_messages`: (pid, connection,
+        # data_version seen, newest message id seen).
+        self._watch_lock = threading.Lock()
+        self._watch: tuple[int, sqlite3.Connection, int, int] | None = None
         with self._lock:
             self._connect()
 
@@ -246,6 +269,104 @@ class SqliteBackend:
         )
         return [_message(row) for row in reversed(rows)]
 
+    def messages_before(self, roomid: str, before: str, limit: int) -> list[StoredMessage]:
+        cut = parse_sequence_id(before)
+        rows = self._read(
+            lambda c: c.execute(
+                "SELECT id, username, body, posted_at_us FROM messages WHERE room_id = ? AND id < ?"
+                " ORDER BY id DESC LIMIT ?",
+                (roomid, cut, max(limit, 0)),
+            ).fetchall()
+        )
+        return [_message(row) for row in reversed(rows)]
+
+    def messages_after(self, roomid: str, after: str | None, limit: int) -> list[StoredMessage]:
+        cut = 0 if after is None else parse_sequence_id(after)
+        rows = self._read(
+            lambda c: c.execute(
+                "SELECT id, username, body, posted_at_us FROM messages WHERE room_id = ? AND id > ?"
+                " ORDER BY id LIMIT ?",
+                (roomid, cut, max(limit, 0)),
+            ).fetchall()
+        )
+        return [_message(row) for row in rows]
+
+    def latest_message_id(self, roomid: str) -> str | None:
+        row = self._read(
+            lambda c: c.execute(
+                "SELECT MAX(id) FROM messages WHERE room_id = ?", (roomid,)
+            ).fetchone()
+        )
+        return None if row[0] is None else str(row[0])
+
+    def wait_for_messages(self, roomids: Collection[str], timeout: float) -> set[str]:
+        """Poll `PRAGMA data_version` (which moves when another connection commits)
+        on a connection of its own, then ask which of `roomids` gained messages."""
+        deadline = time.monotonic() + timeout
+        with self._watch_lock:
+            if self._watch is None or self._watch[0] != os.getpid():
+                conn = sqlite3.connect(
+                    self.path,
+                    timeout=BUSY_TIMEOUT_MS / 1000,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+                version = conn.execute("PRAGMA data_version").fetchone()[0]
+                newest = conn.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0]
+                self._watch = (os.getpid(), conn, version, newest)
+            pid, conn, version, newest = self._watch
+            try:
+                while True:
+                    current = conn.execute("PRAGMA data_version").fetchone()[0]
+                    if current != version or time.monotonic() >= deadline:
+                        break
+                    time.sleep(WATCH_INTERVAL)
+                if current == version:
+                    return set()
+                rows = conn.execute(
+                    "SELECT DISTINCT room_id FROM messages WHERE id > ?", (newest,)
+                ).fetchall()
+                latest = conn.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0]
+            except sqlite3.Error as exc:
+                raise StoreUnavailable() from exc
+            self._watch = (pid, conn, current, latest)
+        return {row[0] for row in rows} & set(roomids)
+
+    def add_ticket(self, roomid: str, digest: str, username: str, expires_at: float) -> None:
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM tickets WHERE expires_at <= ?", (time.time(),))
+            conn.execute(
+                "INSERT INTO tickets (digest, room_id, username, expires_at) VALUES (?, ?, ?, ?)",
+                (digest, roomid, username, expires_at),
+            )
+
+    def take_ticket(self, roomid: str, digest: str, now: float) -> str | None:
+        with self._transaction() as conn:
+            row = conn.execute(
+                "DELETE FROM tickets WHERE digest = ? AND room_id = ?"
+                " RETURNING username, expires_at",
+                (digest, roomid),
+            ).fetchone()
+        return None if row is None or row[1] <= now else str(row[0])
+
+    def set_presence(self, roomid: str, stream: str, username: str, expires_at: float) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO presence (room_id, stream, username, expires_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (room_id, stream) DO UPDATE SET expires_at = excluded.expires_at",
+                (roomid, stream, username, expires_at),
+            )
+
+    def online(self, roomid: str, now: float) -> list[str]:
+        rows = self._read(
+            lambda c: c.execute(
+                "SELECT DISTINCT username FROM presence WHERE room_id = ? AND expires_at > ?"
+                " ORDER BY username",
+                (roomid, now),
+            ).fetchall()
+        )
+        return [row[0] for row in rows]
+
     def room_ids(self) -> Iterator[str]:
         rows = self._read(lambda c: c.execute("SELECT id FROM rooms ORDER BY id").fetchall())
         return iter([row[0] for row in rows])
@@ -285,6 +406,10 @@ class SqliteBackend:
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
             self._conn = None
+        with self._watch_lock:
+            if self._watch is not None and self._watch[0] == os.getpid():
+                self._watch[1].close()
+            self._watch = None
 
     def integrity_check(self) -> str:
         """`ok` when SQLite finds nothing wrong with the file."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -15,6 +16,7 @@ from flaskchat import (
     RoomStore,
     UsernameTaken,
 )
+from flaskchat.store import Presence
 
 PASSWORD = "correct horse battery"
 LINE = re.compile(r"^\d\d-\d\d-\d\d \d\d:\d\d:\d\d <(?P<user>[^>]+)> (?P<text>.*)$", re.S)
@@ -269,3 +271,58 @@ def test_message_ids_increase_within_a_room(room_store: RoomStore) -> None:
     ids = [room_store.post_message(roomid, "alice", token, str(n)).id for n in range(5)]
     assert len(set(ids)) == 5
     assert [line.rsplit(" ", 1)[1] for line in room_store.conversation(roomid)] == list("01234")
+
+
+def test_history_pages_cover_everything_once(room_store: RoomStore) -> None:
+    roomid = room_store.create_room("pages")
+    token = joined(room_store, roomid, "alice")
+    posted = [room_store.post_message(roomid, "alice", token, f"m{n}").id for n in range(23)]
+    collected: list[str] = []
+    page = room_store.messages(roomid, limit=5)
+    collected[:0] = [m.id for m in page.messages]
+    while page.more:
+        page = room_store.messages(roomid, before=page.messages[0].id, limit=5)
+        collected[:0] = [m.id for m in page.messages]
+    assert collected == posted
+    forward = room_store.messages(roomid, after=posted[20], limit=5)
+    assert ([m.id for m in forward.messages], forward.more) == (posted[21:], False)
+    with pytest.raises(InvalidInput):
+        room_store.messages(roomid, before="not-an-id")
+    with pytest.raises(InvalidInput):
+        room_store.messages(roomid, limit=201)
+
+
+def test_follow_replays_then_waits_for_new_messages(room_store: RoomStore) -> None:
+    roomid = room_store.create_room("live")
+    token = joined(room_store, roomid, "alice")
+    first = room_store.post_message(roomid, "alice", token, "first")
+    room_store.post_message(roomid, "alice", token, "second")
+    stream = room_store.follow(roomid, after=first.id, keepalive=30)
+    assert next(stream) == Presence([])
+    assert next(stream).text == "second"  # type: ignore[union-attr]
+    threading.Timer(0.2, room_store.post_message, (roomid, "alice", token, "third")).start()
+    assert next(stream).text == "third"  # type: ignore[union-attr]
+    stream.close()
+    with pytest.raises(InvalidInput):
+        room_store.follow(roomid, after="nonsense")
+
+
+def test_tickets_name_their_user_once(room_store: RoomStore) -> None:
+    roomid = room_store.create_room("tickets")
+    token = joined(room_store, roomid, "Alice")
+    ticket = room_store.issue_ticket(roomid, "alice", token)
+    assert room_store.redeem_ticket(roomid, ticket) == "Alice"
+    with pytest.raises(AuthenticationFailed):
+        room_store.redeem_ticket(roomid, ticket)
+    with pytest.raises(AuthenticationFailed):
+        room_store.issue_ticket(roomid, "alice", "forged")
+
+
+def test_presence_lasts_while_a_stream_is_open(room_store: RoomStore) -> None:
+    roomid = room_store.create_room("presence")
+    stream = room_store.follow(roomid, username="alice", keepalive=30)
+    assert next(stream) == Presence(["alice"])
+    assert room_store.backend.online(roomid, time.time()) == ["alice"]
+    stream.close()
+    assert room_store.backend.online(roomid, time.time()) == ["alice"]  # grace period
+    assert room_store.backend.online(roomid, time.time() + 11) == []

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 
-from actions import PASSWORD, ChatActions
 from flask.testing import FlaskClient
 
 from flaskchat import RoomStore
+
+from actions import PASSWORD, ChatActions
 
 LINE = re.compile(r"^\d\d-\d\d-\d\d \d\d:\d\d:\d\d <alice> what's going on\?$")
 

@@ -9,12 +9,13 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import pytest
-from actions import ChatActions
 from flask.testing import FlaskClient
 
 from flaskchat import RoomStore, create_app
 from flaskchat.backends.memory import MemoryBackend
 from flaskchat.backends.sqlite import SqliteBackend
+
+from actions import ChatActions
 
 
 def test_default_store_is_sqlite_in_the_instance_folder(

@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from actions import PASSWORD, ChatActions
 
 from flaskchat import RoomStore
+
+from actions import PASSWORD, ChatActions
 
 GOOD = {
     "register": {"username": "mallory", "password": PASSWORD},

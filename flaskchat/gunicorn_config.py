@@ -1,0 +1,38 @@
+"""Recommended gunicorn settings for production.
+
+    gunicorn -c python:flaskchat.gunicorn_config 'flaskchat:create_app()'
+
+Every value can still be overridden on the command line or through
+`GUNICORN_CMD_ARGS`. Event streams hold one connection each for as long as a
+page is open, so the worker must be asynchronous (gevent): one process then
+holds thousands of them.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+bind = os.environ.get("FLASKCHAT_BIND", "127.0.0.1:8000")
+worker_class = "gevent"
+# Python runs on one core per process; CPU-heavy work (password hashing) runs in
+# each worker's thread pool, so one worker per core is enough.
+workers = int(os.environ.get("FLASKCHAT_WORKERS", multiprocessing.cpu_count()))
+# Open event streams a worker may hold (gunicorn's default, 1000, is too few).
+worker_connections = 10_000
+# A gevent worker keeps heart-beating while streams are open, so this only kills
+# a worker that is really stuck.
+timeout = 30
+graceful_timeout = 10
+# Idle keep-alive connections between requests, in seconds.
+keepalive = 5
+# Request line and headers stay small, so a slow or malicious client cannot make
+# the worker buffer much.
+limit_request_line = 4094
+limit_request_fields = 50
+limit_request_field_size = 8190
+# Let the app trust X-Forwarded-* only through FLASKCHAT_TRUSTED_PROXIES.
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+accesslog = "-"
+# %(U)s is the path without its query string: stream tickets never reach the log.
+access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'
