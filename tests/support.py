@@ -85,8 +85,20 @@ class Service:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30) -> Service:
-        output = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(
+        if self.log is None:
+            self.process = self._spawn(subprocess.DEVNULL)
+        else:
+            with open(self.log, "ab") as output:  # the child keeps its own handle
+                self.process = self._spawn(output)
+        try:
+            wait_for_port(self.port, self.process, timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn(self, output: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             self.argv,
             env=self.env,
             cwd=self.cwd,
@@ -94,12 +106,6 @@ class Service:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        try:
-            wait_for_port(self.port, self.process, timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
         if self.process is None:

@@ -1,0 +1,207 @@
+"""Live delivery through real gunicorn processes sharing one SQLite file: a message
+posted to one process reaches streams held by the others, whatever the worker
+class, and password hashing does not stall a gevent worker."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support import EventStream, Service, free_port, require_executable
+
+pytestmark = pytest.mark.system
+
+PASSWORD = "correct horse battery"
+WORKER_ARGS = {
+    "gevent": ["-k", "gevent", "--worker-connections", "1000"],
+    "gthread": ["-k", "gthread", "--threads", "16"],
+}
+
+
+def gunicorn() -> str:
+    local = Path(sys.executable).parent / "gunicorn"
+    return str(local) if local.exists() else require_executable("gunicorn")
+
+
+def call(base: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        base + path, data=data, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def start_server(tmp_path: Path, name: str, worker: str, **env: str) -> Service:
+    port = free_port()
+    argv = [
+        gunicorn(),
+        "-w",
+        "2",
+        "-b",
+        f"127.0.0.1:{port}",
+        "--graceful-timeout",
+        "2",
+        *WORKER_ARGS[worker],
+        "flaskchat:create_app()",
+    ]
+    environment = {
+        "FLASKCHAT_STORE_URL": f"sqlite:///{tmp_path / 'chat.sqlite3'}",
+        "FLASKCHAT_SSE_KEEPALIVE": "1",
+        **env,
+    }
+    return Service(argv, port, env=environment, cwd=tmp_path, log=tmp_path / f"{name}.log")
+
+
+@pytest.fixture(params=list(WORKER_ARGS))
+def servers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Service, Service]]:
+    worker = str(request.param)
+    one = start_server(tmp_path, "one", worker).start()
+    two = start_server(tmp_path, "two", worker)
+    try:
+        two.start()
+        yield one, two
+    finally:
+        two.stop()
+        one.stop()
+    assert f"Using worker: {worker}" in one.logs()
+
+
+def ticket(base: str, roomid: str, username: str, token: str) -> str:
+    status, body = call(base, f"/{roomid}/ticket", {"username": username, "token": token})
+    assert status == 200, body
+    return str(body["ticket"])
+
+
+def test_messages_reach_streams_held_by_other_processes(
+    servers: tuple[Service, Service],
+) -> None:
+    one, two = servers
+    status, body = call(one.url, "/createroom", {"alias": "across"})
+    roomid = body["roomid"]
+    assert (
+        call(one.url, f"/{roomid}/register", {"username": "alice", "password": PASSWORD})[0] == 200
+    )
+    status, body = call(two.url, f"/{roomid}/login", {"username": "alice", "password": PASSWORD})
+    token = body["token"]
+
+    streams = [EventStream(s.url, f"/{roomid}/events") for s in (one, one, one, two, two)]
+    try:
+        for stream in streams:
+            assert stream.next_event().event == "presence"
+        posted = []
+        for n in range(12):
+            target = (one, two)[n % 2]
+            status, body = call(
+                target.url,
+                f"/{roomid}/message",
+                {"username": "alice", "token": token, "message": f"m{n}"},
+            )
+            assert status == 200, body
+            posted.append(body["id"])
+        for stream in streams:
+            received = stream.messages(12)
+            assert [e.id for e in received] == posted
+            assert [e.data["text"] for e in received] == [f"m{n}" for n in range(12)]
+    finally:
+        for stream in streams:
+            stream.close()
+
+
+def test_resume_on_another_server_and_presence_across_servers(
+    servers: tuple[Service, Service],
+) -> None:
+    one, two = servers
+    roomid = call(one.url, "/createroom", {"alias": "resume"})[1]["roomid"]
+    tokens = {}
+    for name in ("alice", "bob"):
+        call(one.url, f"/{roomid}/register", {"username": name, "password": PASSWORD})
+        tokens[name] = call(two.url, f"/{roomid}/login", {"username": name, "password": PASSWORD})[
+            1
+        ]["token"]
+
+    def say(text: str) -> str:
+        status, body = call(
+            two.url,
+            f"/{roomid}/message",
+            {"username": "bob", "token": tokens["bob"], "message": text},
+        )
+        assert status == 200
+        return str(body["id"])
+
+    ids = [say(f"before {n}") for n in range(3)]
+    with EventStream(one.url, f"/{roomid}/events?after={ids[0]}") as first:
+        assert [e.id for e in first.messages(2)] == ids[1:]
+        last = first.last_id
+    missed = [say(f"while away {n}") for n in range(4)]
+    with EventStream(two.url, f"/{roomid}/events", last_event_id=last) as second:
+        assert [e.id for e in second.messages(4)] == missed
+
+    alice = EventStream(
+        one.url, f"/{roomid}/events?ticket=" + ticket(one.url, roomid, "alice", tokens["alice"])
+    )
+    bob = EventStream(
+        two.url, f"/{roomid}/events?ticket=" + ticket(two.url, roomid, "bob", tokens["bob"])
+    )
+    try:
+        deadline = time.monotonic() + 10
+        online: list[str] = []
+        while online != ["alice", "bob"] and time.monotonic() < deadline:
+            online = bob.next_of("presence").data["online"]
+        assert online == ["alice", "bob"]
+    finally:
+        alice.close()
+        bob.close()
+
+
+def test_password_hashing_does_not_stall_a_gevent_worker(tmp_path: Path) -> None:
+    port = free_port()
+    server = Service(
+        [
+            gunicorn(),
+            "-w",
+            "1",
+            "-k",
+            "gevent",
+            "-b",
+            f"127.0.0.1:{port}",
+            "flaskchat:create_app()",
+        ],
+        port,
+        env={"FLASKCHAT_STORE_URL": f"sqlite:///{tmp_path / 'chat.sqlite3'}"},
+        log=tmp_path / "gunicorn.log",
+    ).start()
+    try:
+        roomid = call(server.url, "/createroom", {"alias": "busy"})[1]["roomid"]
+        call(server.url, f"/{roomid}/register", {"username": "alice", "password": PASSWORD})
+        finished: dict[str, float] = {}
+
+        def login(n: int) -> None:
+            call(server.url, f"/{roomid}/login", {"username": "alice", "password": PASSWORD})
+            finished[f"login {n}"] = time.monotonic()
+
+        logins = [threading.Thread(target=login, args=(n,)) for n in range(10)]
+        for thread in logins:
+            thread.start()
+        time.sleep(0.05)
+        assert call(server.url, "/healthz")[0] == 200
+        health_done = time.monotonic()
+        for thread in logins:
+            thread.join()
+        # Ten scrypt hashes take about a second of CPU. Had they run on the event
+        # loop, /healthz would have waited behind all of them.
+        assert sum(done > health_done for done in finished.values()) >= 5, finished
+    finally:
+        server.stop()
