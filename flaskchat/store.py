@@ -7,6 +7,7 @@ before anything reaches a backend.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -19,7 +20,13 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from . import rules
 from .backends import Backend, StoredMessage, UserRecord, open_backend
-from .errors import AuthenticationFailed, InvalidInput, RoomNotFound, UsernameTaken
+from .errors import (
+    AuthenticationFailed,
+    InvalidInput,
+    RoomNotFound,
+    StoreUnavailable,
+    UsernameTaken,
+)
 from .live import RoomSignals, run_cpu_bound
 
 BAD_LOGIN = "Unknown username or wrong password."
@@ -330,7 +337,9 @@ class RoomStore:
                     generation = self.signals.wait(roomid, generation, wake_at - time.monotonic())
             finally:
                 if username is not None:
-                    self._set_presence(roomid, stream, username, PRESENCE_GRACE)
+                    # Best effort: if the store is down, the presence lapses by itself.
+                    with contextlib.suppress(StoreUnavailable):
+                        self._set_presence(roomid, stream, username, PRESENCE_GRACE)
 
     def _set_presence(self, roomid: str, stream: str, username: str, lifetime: float) -> None:
         before = self.online(roomid)

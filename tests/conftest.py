@@ -1,10 +1,13 @@
-"""Fixtures that describe the world: an app on a real SQLite file, its store, and
-a helper that performs the actions most tests repeat."""
+"""Fixtures that describe the world: a real store (a SQLite file, or a private
+redis-server), two app instances sharing it as two servers would, a client that
+alternates between them, and a helper for the actions most tests repeat."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -13,13 +16,86 @@ from flask.testing import FlaskClient
 from flaskchat import RoomStore, create_app
 
 from actions import ChatActions
+from support import RedisServer
+
+STORES = ["sqlite", "redis"]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One private redis-server for the session; tests flush it before use."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Iterator[Flask]:
-    app = create_app({"TESTING": True, "STORE_URL": f"sqlite:///{tmp_path / 'chat.sqlite3'}"})
-    yield app
-    app.extensions["flaskchat"].close()
+def redis_url(redis_server: RedisServer) -> str:
+    """An empty Redis database."""
+    redis_server.flush()
+    return redis_server.redis_url
+
+
+@pytest.fixture(params=STORES)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "redis":
+        return str(request.getfixturevalue("redis_url"))
+    return f"sqlite:///{tmp_path / 'chat.sqlite3'}"
+
+
+@pytest.fixture
+def app_config() -> dict[str, Any]:
+    """Settings the tests of a module want on top of the defaults."""
+    return {}
+
+
+@pytest.fixture
+def make_app(store_url: str, app_config: dict[str, Any]) -> Iterator[Callable[[], Flask]]:
+    """Build apps on the shared store; each is what one server process would run."""
+    apps: list[Flask] = []
+
+    def build() -> Flask:
+        app = create_app({"TESTING": True, "STORE_URL": store_url, **app_config})
+        apps.append(app)
+        return app
+
+    yield build
+    for app in apps:
+        app.extensions["flaskchat"].close()
+
+
+@pytest.fixture
+def app(make_app: Callable[[], Flask]) -> Flask:
+    return make_app()
+
+
+@pytest.fixture
+def twin(make_app: Callable[[], Flask]) -> Flask:
+    """A second server on the same store."""
+    return make_app()
+
+
+class AlternatingClient:
+    """Sends each request to the next of several servers in turn, so every test
+    that uses it checks that two servers on one store behave as one."""
+
+    def __init__(self, *clients: FlaskClient) -> None:
+        self._clients = itertools.cycle(clients)
+
+    def open(self, *args: Any, **kwargs: Any) -> Any:
+        return next(self._clients).open(*args, **kwargs)
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        return next(self._clients).get(*args, **kwargs)
+
+    def post(self, *args: Any, **kwargs: Any) -> Any:
+        return next(self._clients).post(*args, **kwargs)
+
+
+@pytest.fixture
+def client(app: Flask, twin: Flask) -> AlternatingClient:
+    return AlternatingClient(app.test_client(), twin.test_client())
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlsplit
 
 import pytest
@@ -84,7 +84,7 @@ class Service:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30) -> Service:
+    def start(self, timeout: float = 30) -> Self:
         if self.log is None:
             self.process = self._spawn(subprocess.DEVNULL)
         else:
@@ -124,18 +124,37 @@ class Service:
 
 
 class ServedApp:
-    """A WSGI app served by a real threaded HTTP server on 127.0.0.1, in this process."""
+    """A WSGI app served by a real threaded HTTP server on 127.0.0.1, in this process.
+
+    Leaving the block waits for requests still being served (event streams end
+    once their client is gone), so no stream outlives the test that opened it.
+    """
 
     def __init__(self, app: WSGIApplication) -> None:
-        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.app = app
+        self.active = 0
+        self._lock = threading.Lock()
+        self.server = make_server("127.0.0.1", 0, self._counting, threaded=True)
         self.port = self.server.server_port
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def _counting(self, environ: Any, start_response: Any) -> Any:
+        with self._lock:
+            self.active += 1
+        iterable = self.app(environ, start_response)
+        try:
+            yield from iterable
+        finally:
+            if hasattr(iterable, "close"):
+                iterable.close()
+            with self._lock:
+                self.active -= 1
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> ServedApp:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 
@@ -143,6 +162,10 @@ class ServedApp:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(5)
+        deadline = time.monotonic() + 10
+        while self.active and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.active == 0, f"{self.active} request(s) still running after the test"
 
 
 @dataclass
@@ -216,3 +239,39 @@ class EventStream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class RedisServer(Service):
+    """A private `redis-server` on a free port with its own directory; append-only
+    with fsync on every write, so a restart gives back everything acknowledged."""
+
+    def __init__(self, directory: Path) -> None:
+        port = free_port()
+        argv = [
+            require_executable("redis-server"),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(directory),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--protected-mode",
+            "no",
+        ]
+        super().__init__(argv, port, log=directory / "redis.log")
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def flush(self) -> None:
+        import redis
+
+        with redis.Redis(port=self.port) as client:
+            client.flushall()

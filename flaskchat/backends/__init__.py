@@ -10,8 +10,8 @@ __all__ = ["Backend", "RoomDump", "StoredMessage", "UserRecord", "open_backend"]
 
 
 def open_backend(url: str, instance_path: str | os.PathLike[str] | None = None) -> Backend:
-    """`memory://`, `sqlite:///relative.sqlite3` (inside `instance_path`) or
-    `sqlite:////absolute/path.sqlite3`."""
+    """`memory://`, `sqlite:///relative.sqlite3` (inside `instance_path`),
+    `sqlite:////absolute/path.sqlite3` or `redis://host:port/db`."""
     if url == "memory://":
         from .memory import MemoryBackend
 
@@ -25,4 +25,14 @@ def open_backend(url: str, instance_path: str | os.PathLike[str] | None = None) 
         if not os.path.isabs(path):
             path = os.path.join(instance_path or os.getcwd(), path)
         return SqliteBackend(path)
-    raise ValueError(f"Unsupported store URL {url!r}: use memory:// or sqlite:///file")
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        try:
+            from .redis import RedisBackend
+        except ImportError:
+            raise ValueError(
+                "A redis:// store needs the redis extra: pip install 'flaskchat[redis]'"
+            ) from None
+        return RedisBackend(url)
+    raise ValueError(
+        f"Unsupported store URL {url!r}: use sqlite:///file, redis://host:port/db or memory://"
+    )

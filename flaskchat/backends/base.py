@@ -119,6 +119,13 @@ class Backend(Protocol):
 
     def dump_room(self, roomid: str) -> RoomDump: ...
 
+    def delete_room(self, roomid: str) -> None:
+        """Remove a room and everything in it (only `store copy --replace` does)."""
+
+    def restore_room(self, dump: RoomDump) -> None:
+        """Write a dumped room, secrets as stored, messages in order under ids of
+        this backend's own form. The room must not exist here yet."""
+
     def ping(self) -> None:
         """Raise `StoreUnavailable` unless the storage answers."""
 

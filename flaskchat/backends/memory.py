@@ -171,6 +171,26 @@ class MemoryBackend:
                 messages=list(room["messages"]),
             )
 
+    def delete_room(self, roomid: str) -> None:
+        with self._lock:
+            self._rooms.pop(roomid, None)
+
+    def restore_room(self, dump: RoomDump) -> None:
+        self.create_room(dump.roomid, dump.alias)
+        for key, user in dump.users.items():
+            self.add_user(dump.roomid, key, user)
+            for digest in dump.tokens.get(key, []):
+                self.add_token(dump.roomid, key, digest)
+        for message in dump.messages:
+            self.append_message(
+                dump.roomid,
+                message.username.casefold(),
+                message.username,
+                message.text,
+                message.posted_at,
+                None,
+            )
+
     def ping(self) -> None:
         return None
 

@@ -398,6 +398,33 @@ class SqliteBackend:
 
         return self._read(query)
 
+    def delete_room(self, roomid: str) -> None:
+        with self._transaction() as conn:
+            for table in ("tokens", "users", "messages", "tickets", "presence"):
+                conn.execute(f"DELETE FROM {table} WHERE room_id = ?", (roomid,))  # noqa: S608
+            conn.execute("DELETE FROM rooms WHERE id = ?", (roomid,))
+
+    def restore_room(self, dump: RoomDump) -> None:
+        with self._transaction() as conn:
+            conn.execute("INSERT INTO rooms (id, alias) VALUES (?, ?)", (dump.roomid, dump.alias))
+            conn.executemany(
+                "INSERT INTO users (room_id, name_key, username, password_hash)"
+                " VALUES (?, ?, ?, ?)",
+                [(dump.roomid, k, u.username, u.password_hash) for k, u in dump.users.items()],
+            )
+            conn.executemany(
+                "INSERT INTO tokens (room_id, name_key, digest) VALUES (?, ?, ?)",
+                [(dump.roomid, k, d) for k, digests in dump.tokens.items() for d in digests],
+            )
+            conn.executemany(
+                "INSERT INTO messages (room_id, name_key, username, body, posted_at_us)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [
+                    (dump.roomid, m.username.casefold(), m.username, m.text, _to_us(m.posted_at))
+                    for m in dump.messages
+                ],
+            )
+
     def ping(self) -> None:
         self._read(lambda c: c.execute("SELECT 1").fetchone())
 

@@ -9,10 +9,12 @@ import pytest
 
 from flaskchat import RoomStore
 
-BACKENDS = ["memory", "sqlite"]
+BACKENDS = ["memory", "sqlite", "redis"]
 
 
-def store_url(kind: str, tmp_path: Path) -> str:
+def store_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if kind == "redis":
+        return str(request.getfixturevalue("redis_url"))
     return {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path / 'chat.sqlite3'}"}[kind]
 
 
@@ -22,7 +24,9 @@ def backend_kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def room_store(backend_kind: str, tmp_path: Path) -> Iterator[RoomStore]:
-    store = RoomStore.from_url(store_url(backend_kind, tmp_path))
+def room_store(
+    backend_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[RoomStore]:
+    store = RoomStore.from_url(store_url(backend_kind, request, tmp_path))
     yield store
     store.close()

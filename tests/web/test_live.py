@@ -6,29 +6,21 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
 
 import flaskchat.store
-from flaskchat import RoomStore, create_app
+from flaskchat import RoomStore
 
 from actions import ChatActions
 from support import EventStream, ServedApp
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Iterator[Flask]:
-    app = create_app(
-        {
-            "TESTING": True,
-            "STORE_URL": f"sqlite:///{tmp_path / 'chat.sqlite3'}",
-            "SSE_KEEPALIVE": 0.5,
-        }
-    )
-    yield app
-    app.extensions["flaskchat"].close()
+def app_config() -> dict[str, Any]:
+    return {"SSE_KEEPALIVE": 0.5}
 
 
 @pytest.fixture
@@ -103,7 +95,8 @@ def test_reconnecting_during_a_flood_loses_and_doubles_nothing(
     poster = threading.Thread(target=flood)
     seen: list[str] = []
     last_id: str | None = None
-    stream = EventStream(served.url, f"/{roomid}/events?after=0")
+    stream = EventStream(served.url, f"/{roomid}/events")
+    assert stream.next_event().event == "presence"  # listening from here on
     poster.start()
     try:
         while len(seen) < total:

@@ -1,0 +1,288 @@
+"""`redis://host:port/db`: one set of rooms for many servers.
+
+Install with the `redis` extra (redis-py with hiredis); the client library is
+imported only when this backend is opened, or hand over an existing client.
+
+Every key of a room shares the hash tag `{roomid}`, so a room lives in one slot
+of a Redis Cluster and its multi-key scripts stay legal there:
+
+    flaskchat:rooms                         SET of room ids
+    flaskchat:{roomid}:room                 HASH alias
+    flaskchat:{roomid}:users                HASH name key -> JSON account
+    flaskchat:{roomid}:tokens:<key>         SET of token digests
+    flaskchat:{roomid}:messages             STREAM of messages (ids are the stream's)
+    flaskchat:{roomid}:client_ids           HASH "<key> <client_id>" -> message id
+    flaskchat:{roomid}:ticket:<digest>      STRING username, expiring
+    flaskchat:{roomid}:presence             ZSET "<stream> <username>" by expiry
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Collection, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..errors import InvalidInput, StoreUnavailable
+from .base import RoomDump, StoredMessage, UserRecord
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+T = TypeVar("T")
+
+PREFIX = "flaskchat"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+_STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
+
+# Store a message unless this user already sent one with this client_id.
+# KEYS: messages stream, client_ids hash. ARGV: client_id field ("" for none),
+# username, text, posted_at in microseconds.
+APPEND_SCRIPT = """
+if ARGV[1] ~= '' then
+    local existing = redis.call('HGET', KEYS[2], ARGV[1])
+    if existing then return {0, existing} end
+end
+local id = redis.call('XADD', KEYS[1], '*', 'u', ARGV[2], 't', ARGV[3], 'us', ARGV[4])
+if ARGV[1] ~= '' then redis.call('HSET', KEYS[2], ARGV[1], id) end
+return {1, id}
+"""
+
+
+def parse_stream_id(message_id: str) -> str:
+    if not _STREAM_ID.fullmatch(message_id):
+        raise InvalidInput("That is not a message id of this room.")
+    return message_id
+
+
+def _key(roomid: str, *parts: str) -> str:
+    return ":".join((PREFIX, "{" + roomid + "}", *parts))
+
+
+def _message(entry_id: str, fields: dict[str, str]) -> StoredMessage:
+    posted_at = EPOCH + int(fields["us"]) * MICROSECOND
+    return StoredMessage(entry_id, posted_at, fields["u"], fields["t"])
+
+
+class RedisBackend:
+    """Thread- and gevent-safe: redis-py's connection pool hands each caller its own
+    connection. Lost connections surface as `StoreUnavailable` (503) and the pool
+    reconnects on the next call."""
+
+    def __init__(self, url: str | None = None, *, client: Redis | None = None) -> None:
+        if client is None:
+            import redis
+
+            client = redis.Redis.from_url(
+                url or "redis://127.0.0.1:6379/0",
+                decode_responses=True,
+                socket_connect_timeout=2,
+                socket_timeout=5,
+                health_check_interval=30,
+            )
+        # redis-py's own annotations cover bytes and str replies alike; with
+        # decode_responses every reply here is str, so the client is kept untyped.
+        self.client: Any = client
+        from redis.exceptions import ConnectionError, TimeoutError
+
+        self._outages: tuple[type[Exception], ...] = (ConnectionError, TimeoutError, OSError)
+        self._append = client.register_script(APPEND_SCRIPT)
+        # Newest stream id this process has seen per watched room.
+        self._watched: dict[str, str] = {}
+
+    def _call(self, action: Callable[[], T]) -> T:
+        try:
+            return action()
+        except self._outages as exc:
+            raise StoreUnavailable() from exc
+
+    def create_room(self, roomid: str, alias: str) -> bool:
+        def create() -> bool:
+            if not self.client.hsetnx(_key(roomid, "room"), "alias", alias):
+                return False
+            self.client.sadd(f"{PREFIX}:rooms", roomid)
+            return True
+
+        return self._call(create)
+
+    def room_alias(self, roomid: str) -> str | None:
+        alias: str | None = self._call(lambda: self.client.hget(_key(roomid, "room"), "alias"))
+        return alias
+
+    def add_user(self, roomid: str, key: str, user: UserRecord) -> bool:
+        record = json.dumps({"username": user.username, "password_hash": user.password_hash})
+        return bool(self._call(lambda: self.client.hsetnx(_key(roomid, "users"), key, record)))
+
+    def get_user(self, roomid: str, key: str) -> UserRecord | None:
+        record = self._call(lambda: self.client.hget(_key(roomid, "users"), key))
+        if record is None:
+            return None
+        data = json.loads(record)
+        return UserRecord(data["username"], data["password_hash"])
+
+    def add_token(self, roomid: str, key: str, digest: str) -> None:
+        self._call(lambda: self.client.sadd(_key(roomid, "tokens", key), digest))
+
+    def token_digests(self, roomid: str, key: str) -> list[str]:
+        return sorted(self._call(lambda: self.client.smembers(_key(roomid, "tokens", key))))
+
+    def remove_token(self, roomid: str, key: str, digest: str) -> bool:
+        return bool(self._call(lambda: self.client.srem(_key(roomid, "tokens", key), digest)))
+
+    def append_message(
+        self,
+        roomid: str,
+        key: str,
+        username: str,
+        text: str,
+        posted_at: datetime,
+        client_id: str | None,
+    ) -> tuple[StoredMessage, bool]:
+        field = "" if client_id is None else f"{key} {client_id}"
+        posted_us = (posted_at - EPOCH) // MICROSECOND
+        keys = [_key(roomid, "messages"), _key(roomid, "client_ids")]
+        created, entry_id = self._call(
+            lambda: self._append(keys=keys, args=[field, username, text, posted_us])
+        )
+        if created:
+            return StoredMessage(str(entry_id), posted_at, username, text), True
+        [(first_id, fields)] = self._call(lambda: self.client.xrange(keys[0], entry_id, entry_id))
+        return _message(first_id, fields), False
+
+    def recent_messages(self, roomid: str, limit: int) -> list[StoredMessage]:
+        if limit <= 0:
+            return []
+        entries = self._call(lambda: self.client.xrevrange(_key(roomid, "messages"), count=limit))
+        return [_message(i, f) for i, f in reversed(entries)]
+
+    def messages_before(self, roomid: str, before: str, limit: int) -> list[StoredMessage]:
+        cut = parse_stream_id(before)
+        if limit <= 0:
+            return []
+        entries = self._call(
+            lambda: self.client.xrevrange(
+                _key(roomid, "messages"), max="(" + cut, min="-", count=limit
+            )
+        )
+        return [_message(i, f) for i, f in reversed(entries)]
+
+    def messages_after(self, roomid: str, after: str | None, limit: int) -> list[StoredMessage]:
+        start = "-" if after is None else "(" + parse_stream_id(after)
+        if limit <= 0:
+            return []
+        entries = self._call(
+            lambda: self.client.xrange(_key(roomid, "messages"), min=start, max="+", count=limit)
+        )
+        return [_message(i, f) for i, f in entries]
+
+    def latest_message_id(self, roomid: str) -> str | None:
+        entries = self._call(lambda: self.client.xrevrange(_key(roomid, "messages"), count=1))
+        return str(entries[0][0]) if entries else None
+
+    def wait_for_messages(self, roomids: Collection[str], timeout: float) -> set[str]:
+        """A blocking XREAD over the watched rooms' streams, from the newest id this
+        process has seen in each. Only the watcher thread calls it."""
+        for roomid in set(self._watched) - set(roomids):
+            del self._watched[roomid]
+        for roomid in roomids:
+            if roomid not in self._watched:
+                self._watched[roomid] = self.latest_message_id(roomid) or "0-0"
+        streams = {_key(r, "messages"): self._watched[r] for r in roomids}
+        if not streams:
+            time.sleep(timeout)
+            return set()
+        replies = self._call(lambda: self.client.xread(streams, block=max(int(timeout * 1000), 1)))
+        changed = set()
+        for stream_key, entries in replies or []:
+            roomid = stream_key.split("{", 1)[1].split("}", 1)[0]
+            self._watched[roomid] = entries[-1][0]
+            changed.add(roomid)
+        return changed
+
+    def add_ticket(self, roomid: str, digest: str, username: str, expires_at: float) -> None:
+        lifetime_ms = max(int((expires_at - time.time()) * 1000), 1)
+        key = _key(roomid, "ticket", digest)
+        self._call(lambda: self.client.set(key, f"{expires_at} {username}", px=lifetime_ms))
+
+    def take_ticket(self, roomid: str, digest: str, now: float) -> str | None:
+        value = self._call(lambda: self.client.getdel(_key(roomid, "ticket", digest)))
+        if value is None:
+            return None
+        expires_at, username = value.split(" ", 1)
+        return str(username) if float(expires_at) > now else None
+
+    def set_presence(self, roomid: str, stream: str, username: str, expires_at: float) -> None:
+        key = _key(roomid, "presence")
+
+        def update() -> None:
+            pipe = self.client.pipeline()
+            pipe.zadd(key, {f"{stream} {username}": expires_at})
+            pipe.zremrangebyscore(key, "-inf", time.time())
+            pipe.execute()
+
+        self._call(update)
+
+    def online(self, roomid: str, now: float) -> list[str]:
+        members = self._call(
+            lambda: self.client.zrangebyscore(_key(roomid, "presence"), f"({now}", "+inf")
+        )
+        return sorted({member.split(" ", 1)[1] for member in members})
+
+    def room_ids(self) -> Iterator[str]:
+        return iter(sorted(self._call(lambda: self.client.smembers(f"{PREFIX}:rooms"))))
+
+    def dump_room(self, roomid: str) -> RoomDump:
+        alias = self.room_alias(roomid)
+        assert alias is not None
+        dump = RoomDump(roomid=roomid, alias=alias)
+        users: dict[str, str] = self._call(lambda: self.client.hgetall(_key(roomid, "users")))
+        for key in sorted(users):
+            data = json.loads(users[key])
+            dump.users[key] = UserRecord(data["username"], data["password_hash"])
+            dump.tokens[key] = self.token_digests(roomid, key)
+        cursor: str | None = None
+        while batch := self.messages_after(roomid, cursor, 1000):
+            dump.messages.extend(batch)
+            cursor = batch[-1].id
+        return dump
+
+    def delete_room(self, roomid: str) -> None:
+        def delete() -> None:
+            keys = list(self.client.scan_iter(match=_key(roomid, "*")))
+            pipe = self.client.pipeline()
+            if keys:
+                pipe.delete(*keys)
+            pipe.srem(f"{PREFIX}:rooms", roomid)
+            pipe.execute()
+
+        self._call(delete)
+
+    def restore_room(self, dump: RoomDump) -> None:
+        def restore() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hset(_key(dump.roomid, "room"), "alias", dump.alias)
+            pipe.sadd(f"{PREFIX}:rooms", dump.roomid)
+            for key, user in dump.users.items():
+                record = {"username": user.username, "password_hash": user.password_hash}
+                pipe.hset(_key(dump.roomid, "users"), key, json.dumps(record))
+                if dump.tokens.get(key):
+                    pipe.sadd(_key(dump.roomid, "tokens", key), *dump.tokens[key])
+            for message in dump.messages:
+                fields = {
+                    "u": message.username,
+                    "t": message.text,
+                    "us": (message.posted_at - EPOCH) // MICROSECOND,
+                }
+                pipe.xadd(_key(dump.roomid, "messages"), fields)
+            pipe.execute()
+
+        self._call(restore)
+
+    def ping(self) -> None:
+        self._call(self.client.ping)
+
+    def close(self) -> None:
+        self.client.close()
