@@ -54,4 +54,5 @@ def open_store(app: Flask) -> RoomStore:
         timezone_name=str(app.config["TIMEZONE"]),
         conversation_limit=int(app.config["CONVERSATION_LIMIT"]),
         max_message_length=int(app.config["MAX_MESSAGE_LENGTH"]),
+        hash_method=str(app.config["PASSWORD_HASH_METHOD"]),
     )
