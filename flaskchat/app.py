@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import lobby, rooms, web
+from . import limits, lobby, rooms, web
 from .cli import store_cli
 from .settings import DEFAULTS
 from .store import RoomStore
@@ -37,6 +37,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     web.install(app)
     app.register_blueprint(lobby.bp)
     app.register_blueprint(rooms.bp)
+    limits.init_app(app)
     app.cli.add_command(store_cli)
     return app
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, jsonify, render_template
+from flask import Blueprint, current_app, jsonify, render_template
 
 from .web import failure_shape, html_page, json_fields, store
 
@@ -23,6 +23,12 @@ def create_room() -> Any:
     fields = json_fields("alias")
     roomid = store().create_room(fields["alias"])
     return jsonify({"roomid": roomid})
+
+
+@bp.get("/openapi.json")
+def openapi() -> Any:
+    """The published description of every JSON endpoint."""
+    return current_app.send_static_file("openapi.json")
 
 
 @bp.get("/healthz")

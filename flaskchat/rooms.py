@@ -22,6 +22,8 @@ from werkzeug.exceptions import BadRequest
 from werkzeug.routing import BaseConverter
 
 from . import rules
+from .errors import AuthenticationFailed
+from .limits import StreamCounter, client_ip
 from .store import Message, Presence, StreamItem
 from .web import failure_shape, html_page, json_fields, store
 
@@ -59,8 +61,21 @@ def register(roomid: str) -> Any:
 @failure_shape(token=None)
 def login(roomid: str) -> Any:
     fields = json_fields("username", "password")
-    token = store().login(roomid, fields["username"], fields["password"])
+    try:
+        token = store().login(roomid, fields["username"], fields["password"])
+    except AuthenticationFailed:
+        log_failed_login(roomid, fields["username"])
+        raise
     return jsonify({"succeeded": True, "token": token})
+
+
+def log_failed_login(roomid: str, username: str) -> None:
+    """One stable line per failed login, for fail2ban (README, Security). The name
+    is JSON-quoted and cut, so no input can forge or break a line; the password
+    never appears."""
+    current_app.logger.warning(
+        "failed login: room=%s user=%s ip=%s", roomid, json.dumps(username[:64]), client_ip()
+    )
 
 
 @bp.post("/logout")
@@ -124,7 +139,10 @@ def events(roomid: str) -> Response:
     items = store().follow(
         roomid, after=after, username=username, keepalive=current_app.config["SSE_KEEPALIVE"]
     )
+    streams: StreamCounter = current_app.extensions["flaskchat_streams"]
+    release = streams.claim(client_ip(), int(current_app.config["MAX_STREAMS_PER_IP"]))
     response = Response(sse_lines(items), mimetype="text/event-stream")
+    response.call_on_close(release)
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # tell nginx not to hold events back
     return response

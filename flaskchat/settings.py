@@ -19,6 +19,22 @@ DEFAULTS: dict[str, Any] = {
     "PASSWORD_HASH_METHOD": "scrypt",
     # Seconds of silence after which an event stream sends a keep-alive comment.
     "SSE_KEEPALIVE": 15.0,
+    # Rate limits (Flask-Limiter's settings and syntax). Per client IP unless said.
+    "RATELIMIT_STRATEGY": "moving-window",
+    "RATELIMIT_HEADERS_ENABLED": True,
+    # If the limit storage is unreachable, serve anyway: the store answers 503 itself.
+    "RATELIMIT_SWALLOW_ERRORS": True,
+    "RATELIMIT_CREATEROOM": "10/minute;100/day",
+    "RATELIMIT_REGISTER": "10/minute;100/day",
+    "RATELIMIT_LOGIN": "30/minute",
+    # Per room and username, counting failed logins only: slows password guessing.
+    "RATELIMIT_LOGIN_FAILURES": "5/minute;30/hour",
+    # Per room and user, counting accepted messages: a burst of 10, then 1 a second.
+    "RATELIMIT_MESSAGE_USER": "10/10second",
+    "RATELIMIT_MESSAGE_IP": "30/10second",
+    "RATELIMIT_TICKET": "60/minute",
+    # Open event streams per client IP, in each worker process.
+    "MAX_STREAMS_PER_IP": 20,
     # No JSON body we accept comes near this; larger requests get 413.
     "MAX_CONTENT_LENGTH": 64 * 1024,
 }

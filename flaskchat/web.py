@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flask import Flask, Response, current_app, jsonify, render_template, request
+from flask_limiter.errors import RateLimitExceeded
 from werkzeug.exceptions import BadRequest, HTTPException, MethodNotAllowed, UnsupportedMediaType
 
 from .errors import StoreError
@@ -26,6 +27,7 @@ EXPLANATIONS = {
     404: "There is nothing at this address.",
     405: "This address does not accept that kind of request.",
     413: "The request is too large.",
+    429: "You are going too fast. Please wait a moment and try again.",
     415: "Please send the data as JSON (Content-Type: application/json).",
     500: "Something went wrong on the server. Please try again.",
 }
@@ -120,7 +122,9 @@ def handle_http_error(error: HTTPException) -> Any:
     status = error.code or 500
     if status >= 500:
         current_app.logger.error("Unhandled error on %s", request.path, exc_info=error)
-    if error.description != type(error).description:
+    # A rate-limit error describes the limit ("10 per 1 minute"), not what to do.
+    custom = error.description != type(error).description
+    if custom and not isinstance(error, RateLimitExceeded):
         explanation = error.description or ""
     else:
         explanation = EXPLANATIONS.get(status, error.name + ".")

@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from flaskchat import RoomStore, create_app
 
 from actions import ChatActions
-from support import RedisServer
+from support import RedisServer, close_app
 
 STORES = ["sqlite", "redis"]
 
@@ -62,7 +62,7 @@ def make_app(store_url: str, app_config: dict[str, Any]) -> Iterator[Callable[[]
 
     yield build
     for app in apps:
-        app.extensions["flaskchat"].close()
+        close_app(app)
 
 
 @pytest.fixture

@@ -275,3 +275,12 @@ class RedisServer(Service):
 
         with redis.Redis(port=self.port) as client:
             client.flushall()
+
+
+def close_app(app: Any) -> None:
+    """Close what an app opened: its store and, on Redis, its rate-limit client."""
+    app.extensions["flaskchat"].close()
+    storage = getattr(app.extensions["flaskchat_limiter"], "storage", None)
+    client = getattr(storage, "storage", None)
+    if hasattr(client, "close"):
+        client.close()

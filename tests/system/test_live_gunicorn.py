@@ -60,6 +60,7 @@ def start_server(tmp_path: Path, name: str, worker: str, **env: str) -> Service:
     environment = {
         "FLASKCHAT_STORE_URL": f"sqlite:///{tmp_path / 'chat.sqlite3'}",
         "FLASKCHAT_SSE_KEEPALIVE": "1",
+        "FLASKCHAT_RATELIMIT_ENABLED": "false",
         **env,
     }
     return Service(argv, port, env=environment, cwd=tmp_path, log=tmp_path / f"{name}.log")

@@ -18,7 +18,14 @@ from flask import Flask
 
 from flaskchat import RoomStore, create_app
 
-from support import EventStream, RedisServer, Service, free_port, require_executable
+from support import (
+    EventStream,
+    RedisServer,
+    Service,
+    close_app,
+    free_port,
+    require_executable,
+)
 
 pytestmark = pytest.mark.system
 
@@ -65,7 +72,11 @@ def gunicorn_on(redis: RedisServer, tmp_path: Path, name: str) -> Service:
             "flaskchat:create_app()",
         ],
         port,
-        env={"FLASKCHAT_STORE_URL": redis.redis_url, "FLASKCHAT_SSE_KEEPALIVE": "1"},
+        env={
+            "FLASKCHAT_STORE_URL": redis.redis_url,
+            "FLASKCHAT_SSE_KEEPALIVE": "1",
+            "FLASKCHAT_RATELIMIT_ENABLED": "false",
+        },
         cwd=tmp_path,
         log=tmp_path / f"{name}.log",
     )
@@ -160,4 +171,4 @@ def test_a_store_recovers_by_itself_when_redis_comes_back(redis: RedisServer) ->
     )
     store: RoomStore = app.extensions["flaskchat"]
     assert set(store.snapshot()[roomid]["users"]) == {"bob"}
-    store.close()
+    close_app(app)
