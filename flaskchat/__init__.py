@@ -4,6 +4,7 @@ from .app import create_app
 from .errors import (
     AuthenticationFailed,
     InvalidInput,
+    LimitReached,
     RoomNotFound,
     StoreError,
     StoreUnavailable,
@@ -14,6 +15,7 @@ from .store import Message, RoomStore
 __all__ = [
     "AuthenticationFailed",
     "InvalidInput",
+    "LimitReached",
     "Message",
     "RoomNotFound",
     "RoomStore",

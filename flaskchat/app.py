@@ -56,4 +56,6 @@ def open_store(app: Flask) -> RoomStore:
         conversation_limit=int(app.config["CONVERSATION_LIMIT"]),
         max_message_length=int(app.config["MAX_MESSAGE_LENGTH"]),
         hash_method=str(app.config["PASSWORD_HASH_METHOD"]),
+        max_users_per_room=int(app.config["MAX_USERS_PER_ROOM"]),
+        max_tokens_per_user=int(app.config["MAX_TOKENS_PER_USER"]),
     )

@@ -46,6 +46,12 @@ class UsernameTaken(StoreError):
     status = 409
 
 
+class LimitReached(StoreError):
+    """A per-room limit that keeps one user from crowding out the others."""
+
+    status = 403
+
+
 class StoreUnavailable(StoreError):
     """The storage backend cannot be reached; the request may be retried later."""
 

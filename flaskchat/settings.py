@@ -33,6 +33,10 @@ DEFAULTS: dict[str, Any] = {
     "RATELIMIT_MESSAGE_USER": "10/10second",
     "RATELIMIT_MESSAGE_IP": "30/10second",
     "RATELIMIT_TICKET": "60/minute",
+    # Accounts a room may hold, and devices one account may stay logged in on
+    # (a further login logs the oldest device out).
+    "MAX_USERS_PER_ROOM": 1000,
+    "MAX_TOKENS_PER_USER": 10,
     # Open event streams per client IP, in each worker process.
     "MAX_STREAMS_PER_IP": 20,
     # No JSON body we accept comes near this; larger requests get 413.

@@ -23,6 +23,7 @@ from .backends import Backend, StoredMessage, UserRecord, open_backend
 from .errors import (
     AuthenticationFailed,
     InvalidInput,
+    LimitReached,
     RoomNotFound,
     StoreUnavailable,
     UsernameTaken,
@@ -95,6 +96,8 @@ class RoomStore:
         conversation_limit: int = 50,
         max_message_length: int = rules.MESSAGE_MAX,
         hash_method: str = "scrypt",
+        max_users_per_room: int = 1000,
+        max_tokens_per_user: int = 10,
     ) -> None:
         if backend is None:
             backend = open_backend("memory://")
@@ -104,6 +107,9 @@ class RoomStore:
         self.max_message_length = max_message_length
         # werkzeug's method string; "scrypt" is scrypt:32768:8:1 (about 0.1 s of CPU).
         self.hash_method = hash_method
+        self.max_users_per_room = max_users_per_room
+        # Logging in again past this many devices logs the oldest one out.
+        self.max_tokens_per_user = max_tokens_per_user
         # Rooms are never deleted and their alias never changes, so a room seen once
         # can be answered from memory ever after.
         self._aliases: dict[str, str] = {}
@@ -147,6 +153,10 @@ class RoomStore:
         self.alias(roomid)
         username = rules.clean_username(username)
         rules.check_password(password)
+        if self.backend.count_users(roomid) >= self.max_users_per_room:
+            raise LimitReached(
+                f"This room has reached its limit of {self.max_users_per_room} accounts."
+            )
         user = UserRecord(username, run_cpu_bound(self._hash, password))
         if not self.backend.add_user(roomid, username.casefold(), user):
             raise UsernameTaken(f"The name {username} is already taken in this room.")
@@ -169,7 +179,9 @@ class RoomStore:
         if not run_cpu_bound(check_password_hash, user.password_hash, password):
             raise AuthenticationFailed(BAD_LOGIN)
         token = rules.new_token()
-        self.backend.add_token(roomid, key, rules.token_digest(token))
+        self.backend.add_token(
+            roomid, key, rules.token_digest(token), keep=self.max_tokens_per_user
+        )
         return token
 
     def logout(self, roomid: str, username: str, token: str) -> None:

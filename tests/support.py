@@ -284,3 +284,11 @@ def close_app(app: Any) -> None:
     client = getattr(storage, "storage", None)
     if hasattr(client, "close"):
         client.close()
+
+
+def backend_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store URL for a backend kind: memory, a SQLite file in `tmp_path`, or an
+    emptied database of the session's redis-server."""
+    if kind == "redis":
+        return str(request.getfixturevalue("redis_url"))
+    return {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path / 'chat.sqlite3'}"}[kind]

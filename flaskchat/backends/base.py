@@ -67,10 +67,14 @@ class Backend(Protocol):
 
     def get_user(self, roomid: str, key: str) -> UserRecord | None: ...
 
-    def add_token(self, roomid: str, key: str, digest: str) -> None: ...
+    def count_users(self, roomid: str) -> int: ...
+
+    def add_token(self, roomid: str, key: str, digest: str, keep: int) -> None:
+        """Store a token digest, then forget the user's oldest ones beyond `keep`."""
 
     def token_digests(self, roomid: str, key: str) -> list[str]:
-        """Digests of the user's live tokens, to be compared in constant time."""
+        """Digests of the user's live tokens, oldest first, to be compared in
+        constant time."""
 
     def remove_token(self, roomid: str, key: str, digest: str) -> bool: ...
 

@@ -20,7 +20,7 @@ class MemoryBackend:
     """Shape of `rooms` (the seed's, with secrets hashed)::
 
         {roomid: {"alias": str,
-                  "users": {key: {"user": UserRecord, "tokens": set[str]}},
+                  "users": {key: {"user": UserRecord, "tokens": {digest: None}}},
                   "messages": [StoredMessage, ...],
                   "client_ids": {(key, client_id): StoredMessage},
                   "tickets": {digest: (username, expires_at)},
@@ -58,7 +58,7 @@ class MemoryBackend:
             users = self._rooms[roomid]["users"]
             if key in users:
                 return False
-            users[key] = {"user": user, "tokens": set()}
+            users[key] = {"user": user, "tokens": {}}
             return True
 
     def get_user(self, roomid: str, key: str) -> UserRecord | None:
@@ -66,9 +66,16 @@ class MemoryBackend:
             entry = self._rooms[roomid]["users"].get(key)
             return None if entry is None else entry["user"]
 
-    def add_token(self, roomid: str, key: str, digest: str) -> None:
+    def count_users(self, roomid: str) -> int:
         with self._lock:
-            self._rooms[roomid]["users"][key]["tokens"].add(digest)
+            return len(self._rooms[roomid]["users"])
+
+    def add_token(self, roomid: str, key: str, digest: str, keep: int) -> None:
+        with self._lock:
+            tokens: dict[str, None] = self._rooms[roomid]["users"][key]["tokens"]
+            tokens[digest] = None  # dicts keep insertion order: oldest first
+            for oldest in list(tokens)[: max(len(tokens) - keep, 0)]:
+                del tokens[oldest]
 
     def token_digests(self, roomid: str, key: str) -> list[str]:
         with self._lock:
@@ -80,7 +87,7 @@ class MemoryBackend:
             entry = self._rooms[roomid]["users"].get(key)
             if entry is None or digest not in entry["tokens"]:
                 return False
-            entry["tokens"].discard(digest)
+            del entry["tokens"][digest]
             return True
 
     def append_message(
@@ -167,7 +174,7 @@ class MemoryBackend:
                 roomid=roomid,
                 alias=room["alias"],
                 users={key: entry["user"] for key, entry in room["users"].items()},
-                tokens={key: sorted(entry["tokens"]) for key, entry in room["users"].items()},
+                tokens={key: list(entry["tokens"]) for key, entry in room["users"].items()},
                 messages=list(room["messages"]),
             )
 
@@ -180,7 +187,7 @@ class MemoryBackend:
         for key, user in dump.users.items():
             self.add_user(dump.roomid, key, user)
             for digest in dump.tokens.get(key, []):
-                self.add_token(dump.roomid, key, digest)
+                self.add_token(dump.roomid, key, digest, keep=len(dump.tokens[key]))
         for message in dump.messages:
             self.append_message(
                 dump.roomid,

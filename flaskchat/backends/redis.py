@@ -9,7 +9,7 @@ of a Redis Cluster and its multi-key scripts stay legal there:
     flaskchat:rooms                         SET of room ids
     flaskchat:{roomid}:room                 HASH alias
     flaskchat:{roomid}:users                HASH name key -> JSON account
-    flaskchat:{roomid}:tokens:<key>         SET of token digests
+    flaskchat:{roomid}:tokens:<key>         ZSET of token digests by creation time
     flaskchat:{roomid}:messages             STREAM of messages (ids are the stream's)
     flaskchat:{roomid}:client_ids           HASH "<key> <client_id>" -> message id
     flaskchat:{roomid}:ticket:<digest>      STRING username, expiring
@@ -123,14 +123,25 @@ class RedisBackend:
         data = json.loads(record)
         return UserRecord(data["username"], data["password_hash"])
 
-    def add_token(self, roomid: str, key: str, digest: str) -> None:
-        self._call(lambda: self.client.sadd(_key(roomid, "tokens", key), digest))
+    def count_users(self, roomid: str) -> int:
+        return int(self._call(lambda: self.client.hlen(_key(roomid, "users"))))
+
+    def add_token(self, roomid: str, key: str, digest: str, keep: int) -> None:
+        tokens = _key(roomid, "tokens", key)
+
+        def add() -> None:
+            pipe = self.client.pipeline()
+            pipe.zadd(tokens, {digest: time.time()})
+            pipe.zremrangebyrank(tokens, 0, -keep - 1)
+            pipe.execute()
+
+        self._call(add)
 
     def token_digests(self, roomid: str, key: str) -> list[str]:
-        return sorted(self._call(lambda: self.client.smembers(_key(roomid, "tokens", key))))
+        return list(self._call(lambda: self.client.zrange(_key(roomid, "tokens", key), 0, -1)))
 
     def remove_token(self, roomid: str, key: str, digest: str) -> bool:
-        return bool(self._call(lambda: self.client.srem(_key(roomid, "tokens", key), digest)))
+        return bool(self._call(lambda: self.client.zrem(_key(roomid, "tokens", key), digest)))
 
     def append_message(
         self,
@@ -269,7 +280,8 @@ class RedisBackend:
                 record = {"username": user.username, "password_hash": user.password_hash}
                 pipe.hset(_key(dump.roomid, "users"), key, json.dumps(record))
                 if dump.tokens.get(key):
-                    pipe.sadd(_key(dump.roomid, "tokens", key), *dump.tokens[key])
+                    ordered = {d: order for order, d in enumerate(dump.tokens[key])}
+                    pipe.zadd(_key(dump.roomid, "tokens", key), ordered)
             for message in dump.messages:
                 fields = {
                     "u": message.username,

@@ -76,6 +76,9 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (room_id, stream)
     ) WITHOUT ROWID;
     """,
+    """
+    ALTER TABLE tokens ADD COLUMN created_us INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 
@@ -209,17 +212,33 @@ class SqliteBackend:
         )
         return None if row is None else UserRecord(row[0], row[1])
 
-    def add_token(self, roomid: str, key: str, digest: str) -> None:
+    def count_users(self, roomid: str) -> int:
+        row = self._read(
+            lambda c: c.execute(
+                "SELECT COUNT(*) FROM users WHERE room_id = ?", (roomid,)
+            ).fetchone()
+        )
+        return int(row[0])
+
+    def add_token(self, roomid: str, key: str, digest: str, keep: int) -> None:
         with self._transaction() as conn:
             conn.execute(
-                "INSERT OR IGNORE INTO tokens (room_id, name_key, digest) VALUES (?, ?, ?)",
-                (roomid, key, digest),
+                "INSERT OR IGNORE INTO tokens (room_id, name_key, digest, created_us)"
+                " VALUES (?, ?, ?, ?)",
+                (roomid, key, digest, _to_us(datetime.now(UTC))),
+            )
+            conn.execute(
+                "DELETE FROM tokens WHERE room_id = ? AND name_key = ? AND digest NOT IN"
+                " (SELECT digest FROM tokens WHERE room_id = ? AND name_key = ?"
+                "  ORDER BY created_us DESC, digest DESC LIMIT ?)",
+                (roomid, key, roomid, key, keep),
             )
 
     def token_digests(self, roomid: str, key: str) -> list[str]:
         rows = self._read(
             lambda c: c.execute(
-                "SELECT digest FROM tokens WHERE room_id = ? AND name_key = ?", (roomid, key)
+                "SELECT digest FROM tokens WHERE room_id = ? AND name_key = ? ORDER BY created_us",
+                (roomid, key),
             ).fetchall()
         )
         return [row[0] for row in rows]
@@ -383,7 +402,8 @@ class SqliteBackend:
                 dump.users[key] = UserRecord(username, password_hash)
                 dump.tokens[key] = []
             for key, digest in c.execute(
-                "SELECT name_key, digest FROM tokens WHERE room_id = ? ORDER BY digest", (roomid,)
+                "SELECT name_key, digest FROM tokens WHERE room_id = ? ORDER BY created_us",
+                (roomid,),
             ):
                 dump.tokens[key].append(digest)
             dump.messages = [
@@ -413,8 +433,12 @@ class SqliteBackend:
                 [(dump.roomid, k, u.username, u.password_hash) for k, u in dump.users.items()],
             )
             conn.executemany(
-                "INSERT INTO tokens (room_id, name_key, digest) VALUES (?, ?, ?)",
-                [(dump.roomid, k, d) for k, digests in dump.tokens.items() for d in digests],
+                "INSERT INTO tokens (room_id, name_key, digest, created_us) VALUES (?, ?, ?, ?)",
+                [
+                    (dump.roomid, k, d, order)
+                    for k, digests in dump.tokens.items()
+                    for order, d in enumerate(digests)
+                ],
             )
             conn.executemany(
                 "INSERT INTO messages (room_id, name_key, username, body, posted_at_us)"

@@ -9,13 +9,9 @@ import pytest
 
 from flaskchat import RoomStore
 
+from support import backend_url
+
 BACKENDS = ["memory", "sqlite", "redis"]
-
-
-def store_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if kind == "redis":
-        return str(request.getfixturevalue("redis_url"))
-    return {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path / 'chat.sqlite3'}"}[kind]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -27,6 +23,6 @@ def backend_kind(request: pytest.FixtureRequest) -> str:
 def room_store(
     backend_kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[RoomStore]:
-    store = RoomStore.from_url(store_url(backend_kind, request, tmp_path))
+    store = RoomStore.from_url(backend_url(backend_kind, request, tmp_path))
     yield store
     store.close()

@@ -10,6 +10,7 @@ import pytest
 
 from flaskchat import RoomStore, StoreUnavailable
 from flaskchat.backends.sqlite import MIGRATIONS, SqliteBackend
+from flaskchat.rules import new_roomid
 
 PASSWORD = "correct horse battery"
 
@@ -84,3 +85,24 @@ def test_an_unreadable_file_makes_the_store_unavailable(tmp_path: Path) -> None:
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreUnavailable):
         SqliteBackend(path)
+
+
+def test_an_older_file_is_migrated_forward_with_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "chat.sqlite3"
+    with sqlite3.connect(path) as conn:  # a file as the first release wrote it
+        for step in MIGRATIONS[:1]:
+            conn.executescript(step)
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute("INSERT INTO rooms (id, alias) VALUES (?, 'old')", (new_roomid(),))
+    conn.close()
+    store = RoomStore.from_url(f"sqlite:///{path}")
+    [roomid] = store.snapshot()
+    store.register(roomid, "alice", PASSWORD)
+    token = store.login(roomid, "alice", PASSWORD)
+    store.post_message(roomid, "alice", token, "after the upgrade")
+    assert store.alias(roomid) == "old"
+    store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()

@@ -6,17 +6,21 @@ import re
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from flaskchat import (
     AuthenticationFailed,
     InvalidInput,
+    LimitReached,
     RoomNotFound,
     RoomStore,
     UsernameTaken,
 )
 from flaskchat.store import Presence
+
+from support import backend_url
 
 PASSWORD = "correct horse battery"
 LINE = re.compile(r"^\d\d-\d\d-\d\d \d\d:\d\d:\d\d <(?P<user>[^>]+)> (?P<text>.*)$", re.S)
@@ -326,3 +330,43 @@ def test_presence_lasts_while_a_stream_is_open(room_store: RoomStore) -> None:
     stream.close()
     assert room_store.backend.online(roomid, time.time()) == ["alice"]  # grace period
     assert room_store.backend.online(roomid, time.time() + 11) == []
+
+
+def test_a_room_holds_a_bounded_number_of_accounts(
+    backend_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    store = RoomStore.from_url(
+        backend_url(backend_kind, request, tmp_path),
+        max_users_per_room=3,
+        hash_method="scrypt:1024:8:1",
+    )
+    roomid = store.create_room("small")
+    for name in ("a", "b", "c"):
+        store.register(roomid, name, PASSWORD)
+    with pytest.raises(LimitReached, match="limit of 3 accounts"):
+        store.register(roomid, "d", PASSWORD)
+    assert set(store.snapshot()[roomid]["users"]) == {"a", "b", "c"}
+    store.close()
+
+
+def test_logging_in_past_the_device_limit_logs_the_oldest_device_out(
+    backend_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    store = RoomStore.from_url(
+        backend_url(backend_kind, request, tmp_path),
+        max_tokens_per_user=3,
+        hash_method="scrypt:1024:8:1",
+    )
+    roomid = store.create_room("devices")
+    store.register(roomid, "alice", PASSWORD)
+    tokens = []
+    for _ in range(5):
+        tokens.append(store.login(roomid, "alice", PASSWORD))
+        time.sleep(0.002)  # distinct creation times on every backend
+    assert len(store.backend.token_digests(roomid, "alice")) == 3
+    for old in tokens[:2]:
+        with pytest.raises(AuthenticationFailed):
+            store.post_message(roomid, "alice", old, "from an old device")
+    for recent in tokens[2:]:
+        store.post_message(roomid, "alice", recent, "from a recent device")
+    store.close()
