@@ -280,7 +280,7 @@ class RedisServer(Service):
 def close_app(app: Any) -> None:
     """Close what an app opened: its store and, on Redis, its rate-limit client."""
     app.extensions["flaskchat"].close()
-    storage = getattr(app.extensions["flaskchat_limiter"], "storage", None)
+    storage = getattr(app.extensions["flaskchat_limiter"], "_storage", None)
     client = getattr(storage, "storage", None)
     if hasattr(client, "close"):
         client.close()

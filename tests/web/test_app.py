@@ -93,9 +93,12 @@ def test_relative_urls_resolve_under_a_prefix(chat: ChatActions) -> None:
     page = chat.client.get(f"/{roomid}/", base_url=mounted)
     assert page.status_code == 200
     browser_url = f"http://example.test/chat/{roomid}/"
-    urls = re.findall(r'(?:src|href)="([^"]*)"', page.get_data(as_text=True))
-    assert urls
-    for url in urls:
+    html = page.get_data(as_text=True)
+    for url in re.findall(r'href="([^"]*)"', html):  # links stay inside the mount
+        assert urlsplit(urljoin(browser_url, url)).path.startswith("/chat/"), url
+    assets = re.findall(r'(?:src="|rel="stylesheet" href=")([^"]*)"', html)
+    assert len(assets) >= 2
+    for url in assets:
         resolved = urlsplit(urljoin(browser_url, url)).path
         assert resolved.startswith("/chat/static/"), resolved
         with chat.client.get(resolved.removeprefix("/chat"), base_url=mounted) as asset:

@@ -1,0 +1,126 @@
+"""A real headless Chromium (Debian's, driven by Playwright) against the app served
+on 127.0.0.1: at the root, under a /chat prefix, or by real gunicorn."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from playwright.sync_api import Browser, BrowserContext, Page
+from werkzeug.exceptions import NotFound
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+from flaskchat import create_app
+
+from support import ServedApp, Service, close_app, free_port, require_executable
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
+    executable = require_executable("chromium", CHROMIUM)
+    return {
+        **browser_type_launch_args,
+        "executable_path": executable,
+        "args": [
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ],
+    }
+
+
+@pytest.fixture
+def chat_app(tmp_path: Path) -> Iterator[Flask]:
+    app = create_app(
+        {
+            "TESTING": True,
+            "STORE_URL": f"sqlite:///{tmp_path / 'chat.sqlite3'}",
+            "PASSWORD_HASH_METHOD": "scrypt:1024:8:1",
+            "RATELIMIT_ENABLED": False,
+            "SSE_KEEPALIVE": 1.0,
+        }
+    )
+    yield app
+    close_app(app)
+
+
+@pytest.fixture
+def site(chat_app: Flask) -> Iterator[str]:
+    """The app at the root of a real HTTP server: its base URL, ending in /."""
+    with ServedApp(chat_app) as served:
+        yield served.url + "/"
+
+
+@pytest.fixture
+def prefixed_site(chat_app: Flask) -> Iterator[str]:
+    """The same app mounted under /chat, with nothing but 404s outside it."""
+    mounted = DispatcherMiddleware(NotFound(), {"/chat": chat_app})
+    with ServedApp(mounted) as served:
+        yield served.url + "/chat/"
+
+
+@pytest.fixture
+def gunicorn_site(tmp_path: Path) -> Iterator[str]:
+    """Real gunicorn with two gevent workers on one SQLite file."""
+    local = Path(sys.executable).parent / "gunicorn"
+    binary = str(local) if local.exists() else require_executable("gunicorn")
+    port = free_port()
+    service = Service(
+        [
+            binary,
+            "-c",
+            "python:flaskchat.gunicorn_config",
+            "-w",
+            "2",
+            "-b",
+            f"127.0.0.1:{port}",
+            "flaskchat:create_app()",
+        ],
+        port,
+        env={
+            "FLASKCHAT_STORE_URL": f"sqlite:///{tmp_path / 'chat.sqlite3'}",
+            "FLASKCHAT_RATELIMIT_ENABLED": "false",
+        },
+        cwd=tmp_path,
+        log=tmp_path / "gunicorn.log",
+    ).start()
+    yield service.url + "/"
+    service.stop()
+
+
+class Person:
+    """One browser context: a person with their own storage and connection."""
+
+    def __init__(self, context: BrowserContext) -> None:
+        self.context = context
+        self.page: Page = context.new_page()
+        self.errors: list[str] = []
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.page.on(
+            "console",
+            lambda message: self.errors.append(message.text) if message.type == "error" else None,
+        )
+
+
+@pytest.fixture
+def meet(browser: Browser) -> Iterator[Callable[..., Person]]:
+    """Make people on demand, each in a browser context of their own."""
+    made: list[Person] = []
+
+    def person(**context_options: Any) -> Person:
+        made.append(Person(browser.new_context(**context_options)))
+        return made[-1]
+
+    yield person
+    for someone in made:
+        someone.context.close()
