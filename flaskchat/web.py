@@ -85,14 +85,25 @@ def json_fields(*required: str, optional: tuple[str, ...] = ()) -> dict[str, str
     return fields
 
 
+# Any id of the right shape: lets a path with a malformed room id find its view.
+_SOME_ROOMID = "A" * 22
+
+
 def _view() -> Callable[..., Any] | None:
-    """The view this request is for; after a 405, the one the path belongs to."""
+    """The view a failed request was meant for, so that its error keeps that
+    view's reply shape: after a 405, the view at that path; after a routing 404
+    under a malformed room id, the view at the same path in a well-formed room."""
     endpoint = request.endpoint
     error = request.routing_exception
-    if endpoint is None and isinstance(error, MethodNotAllowed) and error.valid_methods:
+    if endpoint is None and error is not None:
         adapter = current_app.url_map.bind_to_environ(request.environ)
+        path, method = request.path, request.method
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            method = next(iter(error.valid_methods))
+        elif path.count("/") >= 2:
+            path = "/" + _SOME_ROOMID + "/" + path.split("/", 2)[2]
         try:
-            endpoint, _ = adapter.match(method=next(iter(error.valid_methods)))
+            endpoint, _ = adapter.match(path, method=method)
         except HTTPException:
             return None
     return current_app.view_functions.get(endpoint or "")

@@ -42,6 +42,9 @@ def register(page: Page, username: str, password: str = PASSWORD, again: str | N
     page.get_by_label("Choose a password").fill(password)
     page.get_by_label("Password again").fill(password if again is None else again)
     page.get_by_role("button", name="Register").click()
+    if again is None:  # registering logs in: wait until it has
+        expect(page.get_by_text("Logged in as")).to_be_visible()
+        expect(page.get_by_role("status")).to_have_text("Live")
 
 
 def say(page: Page, text: str) -> None:
