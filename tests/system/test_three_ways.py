@@ -1,0 +1,215 @@
+"""flaskchat is used three ways: `flask --app flaskchat run` in development,
+`pip install` then gunicorn in production, and `from flaskchat import RoomStore`
+in scripts. Each is run for real here, and a seed client drives the result."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support import Service, free_port, require_executable
+
+pytestmark = pytest.mark.system
+
+REPO = Path(__file__).resolve().parents[2]
+PASSWORD = "correct horse battery"
+LINE = r"\d\d-\d\d-\d\d \d\d:\d\d:\d\d <{user}> {text}"
+
+
+def call(base: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    """A client written only from the seed page: JSON in, JSON out."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        base + path, data=data, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            raw = response.read()
+            kind = response.headers.get("Content-Type", "")
+            return response.status, json.loads(raw) if "json" in kind else raw.decode()
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def seed_conversation(base: str) -> tuple[str, str]:
+    """Create a room, register, log in, post; return the room id and the token."""
+    status, body = call(base, "/createroom", {"alias": "Bob and Al's Example Chat Room"})
+    assert status == 200, body
+    roomid = body["roomid"]
+    status, body = call(base, f"/{roomid}/register", {"username": "alice", "password": PASSWORD})
+    assert (status, body["succeeded"], body["explanation"]) == (200, True, None)
+    status, body = call(base, f"/{roomid}/login", {"username": "alice", "password": PASSWORD})
+    assert status == 200 and body["succeeded"] is True
+    token = body["token"]
+    status, body = call(
+        base, f"/{roomid}/message", {"username": "alice", "token": token, "message": "hello"}
+    )
+    assert (status, body["succeeded"]) == (200, True)
+    status, lines = call(base, f"/{roomid}/get_conversation")
+    assert status == 200
+    assert re.fullmatch(LINE.format(user="alice", text="hello"), lines[-1]), lines
+    return roomid, token
+
+
+def test_flask_run_serves_the_seed_api(tmp_path: Path) -> None:
+    port = free_port()
+    server = Service(
+        [sys.executable, "-m", "flask", "--app", "flaskchat", "run", "--port", str(port)],
+        port,
+        env={"FLASKCHAT_STORE_URL": f"sqlite:///{tmp_path / 'dev.sqlite3'}"},
+        cwd=tmp_path,
+        log=tmp_path / "flask.log",
+    ).start()
+    try:
+        status, page = call(server.url, "/")
+        assert status == 200 and "Create room" in page
+        roomid, _ = seed_conversation(server.url)
+        status, page = call(server.url, f"/{roomid}/")
+        assert status == 200 and "Bob and Al&#39;s Example Chat Room" in page
+    finally:
+        server.stop()
+    assert (tmp_path / "dev.sqlite3").is_file()
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtual environment with flaskchat installed from a built wheel."""
+    work = tmp_path_factory.mktemp("install")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(work),
+            str(REPO),
+        ],
+        check=True,
+        timeout=300,
+    )
+    [wheel] = work.glob("flaskchat-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for packaged in (
+        "flaskchat/py.typed",
+        "flaskchat/templates/room.html",
+        "flaskchat/static/room.js",
+        "flaskchat/static/openapi.json",
+    ):
+        assert packaged in names, packaged
+    venv = work / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", str(wheel)], check=True, timeout=600
+    )
+    return venv
+
+
+@pytest.mark.timeout(900)
+def test_pip_install_then_gunicorn_with_two_workers_survives_a_restart(
+    installed: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    store = tmp_path / "chat.sqlite3"
+    server = Service(
+        [
+            str(installed / "bin" / "gunicorn"),
+            "-w",
+            "2",
+            "-b",
+            f"127.0.0.1:{port}",
+            "flaskchat:create_app()",
+        ],
+        port,
+        env={"FLASKCHAT_STORE_URL": f"sqlite:///{store}", "FLASKCHAT_RATELIMIT_ENABLED": "false"},
+        cwd=tmp_path,
+        log=tmp_path / "gunicorn.log",
+    ).start()
+    try:
+        roomid, token = seed_conversation(server.url)
+        for n in range(30):  # enough requests that both workers serve some
+            status, _ = call(
+                server.url,
+                f"/{roomid}/message",
+                {"username": "alice", "token": token, "message": f"n{n}"},
+            )
+            assert status == 200
+        with urllib.request.urlopen(f"{server.url}/static/style.css", timeout=10) as css:
+            assert css.headers["Content-Type"].startswith("text/css")
+        server.stop()
+        server.start()
+        status, lines = call(server.url, f"/{roomid}/get_conversation")
+        assert [line.rsplit(" ", 1)[1] for line in lines] == [
+            "hello",
+            *(f"n{n}" for n in range(30)),
+        ]
+        status, body = call(
+            server.url,
+            f"/{roomid}/message",
+            {"username": "alice", "token": token, "message": "old token"},
+        )
+        assert status == 200, body  # the token survived the restart
+        status, body = call(
+            server.url, f"/{roomid}/login", {"username": "alice", "password": PASSWORD}
+        )
+        assert status == 200
+    finally:
+        server.stop()
+    assert "Booting worker" in server.logs()
+
+
+def test_a_script_writes_what_the_running_server_serves(tmp_path: Path) -> None:
+    store_url = f"sqlite:///{tmp_path / 'chat.sqlite3'}"
+    local = Path(sys.executable).parent / "gunicorn"
+    port = free_port()
+    server = Service(
+        [
+            str(local) if local.exists() else require_executable("gunicorn"),
+            "-w",
+            "2",
+            "-b",
+            f"127.0.0.1:{port}",
+            "flaskchat:create_app()",
+        ],
+        port,
+        env={"FLASKCHAT_STORE_URL": store_url},
+        cwd=tmp_path,
+        log=tmp_path / "gunicorn.log",
+    ).start()
+    script = tmp_path / "announce.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        from flaskchat import RoomStore
+
+        store = RoomStore.from_url({store_url!r})
+        roomid = store.create_room("From a script")
+        store.register(roomid, "bot", "a long password")
+        token = store.login(roomid, "bot", "a long password")
+        store.post_message(roomid, "bot", token, "hello from a script")
+        print(roomid)
+    """)
+    )
+    try:
+        result = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, check=True, timeout=60
+        )
+        roomid = result.stdout.strip()
+        status, page = call(server.url, f"/{roomid}/")
+        assert status == 200 and "From a script" in page
+        status, lines = call(server.url, f"/{roomid}/get_conversation")
+        assert re.fullmatch(LINE.format(user="bot", text="hello from a script"), lines[0])
+    finally:
+        server.stop()
