@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format clean
+.PHONY: run test lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,9 +34,13 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff format --check flaskchat tests
 	$(BIN)/mypy
 
+## Benchmark the production setup (needs wrk and redis-server); see README, Performance.
+bench: $(VENV)/.installed-dev
+	$(BIN)/python tests/bench/run.py --out bench-results.json
+
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format flaskchat tests
 	$(BIN)/ruff check --fix flaskchat tests
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info test-artifacts
+	rm -rf $(VENV) build dist *.egg-info test-artifacts bench-results.json
