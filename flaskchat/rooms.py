@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from functools import lru_cache
 from typing import Any
 
 from flask import (
@@ -158,8 +159,14 @@ def sse_lines(items: Iterator[StreamItem]) -> Iterator[str]:
         elif isinstance(item, Presence):
             yield f"event: presence\ndata: {json.dumps({'online': item.online})}\n\n"
         else:
-            data = json.dumps(message_json(item), ensure_ascii=False)
-            yield f"id: {item.id}\nevent: message\ndata: {data}\n\n"
+            yield message_event(item)
+
+
+@lru_cache(maxsize=1024)
+def message_event(message: Message) -> str:
+    """One SSE record per message, encoded once however many streams send it."""
+    data = json.dumps(message_json(message), ensure_ascii=False)
+    return f"id: {message.id}\nevent: message\ndata: {data}\n\n"
 
 
 def message_json(message: Message) -> dict[str, str]:

@@ -47,6 +47,8 @@ PRESENCE_CHECK = 2.0
 # Missed messages are replayed in batches of this many.
 REPLAY_BATCH = 200
 PAGE_MAX = 200
+# Entries per in-process cache.
+CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,13 @@ class RoomStore:
         # can be answered from memory ever after.
         self._aliases: dict[str, str] = {}
         self.signals = RoomSignals(backend)
+        # Bounded caches of what never changes once written (each is emptied when
+        # full): formatted messages, display names, conversations by newest id,
+        # and the last read of each room's listeners.
+        self._formatted: dict[StoredMessage, Message] = {}
+        self._names: dict[tuple[str, str], str] = {}
+        self._conversations: dict[str, tuple[tuple[str | None, int], list[str]]] = {}
+        self._wakeups: dict[tuple[str, str | None], tuple[int, list[StoredMessage]]] = {}
         self._online_cache: dict[str, tuple[float, list[str]]] = {}
 
     @classmethod
@@ -218,19 +227,29 @@ class RoomStore:
         key = self._authenticate(roomid, username, token)
         text = rules.clean_message(text, self.max_message_length)
         client_id = rules.clean_client_id(client_id)
-        user = self.backend.get_user(roomid, key)
-        if user is None:  # account vanished between the two reads: treat as logged out
-            raise AuthenticationFailed(NOT_LOGGED_IN)
+        name = self._display_name(roomid, key)
         stored, _ = self.backend.append_message(
-            roomid, key, user.username, text, datetime.now(UTC), client_id
+            roomid, key, name, text, datetime.now(UTC), client_id
         )
         return self._message(stored)
 
     def conversation(self, roomid: str, limit: int | None = None) -> list[str]:
-        """The seed's `get_conversation`: the last lines, oldest first."""
+        """The seed's `get_conversation`: the last lines, oldest first.
+
+        Messages are only ever appended, so the room's newest id decides the
+        answer: while it stays the same, the lines come from memory.
+        """
         self.alias(roomid)
         limit = self.conversation_limit if limit is None else limit
-        return [self._message(m).line for m in self.backend.recent_messages(roomid, limit)]
+        newest = self.backend.latest_message_id(roomid)
+        cached = self._conversations.get(roomid)
+        if cached is not None and cached[0] == (newest, limit):
+            return cached[1]
+        lines = [self._message(m).line for m in self.backend.recent_messages(roomid, limit)]
+        if lines and len(self._conversations) >= CACHE_SIZE:
+            self._conversations.clear()
+        self._conversations[roomid] = ((newest, limit), lines)
+        return lines
 
     def messages(
         self,
@@ -264,12 +283,10 @@ class RoomStore:
         """A single-use ticket that lets an event stream count `username` as present
         (a token never goes into a URL)."""
         key = self._authenticate(roomid, username, token)
-        user = self.backend.get_user(roomid, key)
-        if user is None:
-            raise AuthenticationFailed(NOT_LOGGED_IN)
+        name = self._display_name(roomid, key)
         ticket = rules.new_token()
         expires_at = time.time() + TICKET_LIFETIME
-        self.backend.add_ticket(roomid, rules.token_digest(ticket), user.username, expires_at)
+        self.backend.add_ticket(roomid, rules.token_digest(ticket), name, expires_at)
         return ticket
 
     def redeem_ticket(self, roomid: str, ticket: str) -> str:
@@ -329,7 +346,7 @@ class RoomStore:
                 next_keepalive, next_check = now + keepalive, now + PRESENCE_CHECK
                 next_renewal = now + PRESENCE_RENEW
                 while True:
-                    batch = self.backend.messages_after(roomid, cursor, REPLAY_BATCH)
+                    batch = self._messages_after(roomid, cursor, generation)
                     for stored in batch:
                         yield self._message(stored)
                         cursor = stored.id
@@ -367,8 +384,43 @@ class RoomStore:
             self.signals.notify(roomid)
 
     def _message(self, stored: StoredMessage) -> Message:
-        line = rules.format_line(stored.posted_at, stored.username, stored.text, self.tz)
-        return Message(stored.id, stored.posted_at, stored.username, stored.text, line)
+        """The message with its line; formatting a time is the costly part of
+        reading history, so recent results are kept."""
+        message = self._formatted.get(stored)
+        if message is None:
+            line = rules.format_line(stored.posted_at, stored.username, stored.text, self.tz)
+            message = Message(stored.id, stored.posted_at, stored.username, stored.text, line)
+            if len(self._formatted) >= CACHE_SIZE:
+                self._formatted.clear()
+            self._formatted[stored] = message
+        return message
+
+    def _display_name(self, roomid: str, key: str) -> str:
+        """The name as registered; names never change, so each is read once."""
+        name = self._names.get((roomid, key))
+        if name is None:
+            user = self.backend.get_user(roomid, key)
+            if user is None:  # the account is gone: treat as logged out
+                raise AuthenticationFailed(NOT_LOGGED_IN)
+            if len(self._names) >= CACHE_SIZE:
+                self._names.clear()
+            name = self._names[roomid, key] = user.username
+        return name
+
+    def _messages_after(
+        self, roomid: str, cursor: str | None, generation: int
+    ) -> list[StoredMessage]:
+        """What listeners of one room read when they wake together: the first of
+        them asks the backend, the others at the same cursor share its answer."""
+        key = (roomid, cursor)
+        shared = self._wakeups.get(key)
+        if shared is not None and shared[0] == generation:
+            return shared[1]
+        batch = self.backend.messages_after(roomid, cursor, REPLAY_BATCH)
+        if len(self._wakeups) >= CACHE_SIZE:
+            self._wakeups.clear()
+        self._wakeups[key] = (generation, batch)
+        return batch
 
     # Whole store
 

@@ -8,12 +8,14 @@ other instead of failing. The schema version lives in `PRAGMA user_version`;
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -24,6 +26,7 @@ from .base import RoomDump, StoredMessage, UserRecord, parse_sequence_id
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
+READ_BUSY_TIMEOUT_MS = 50
 # How often a watching process looks for commits made by other processes.
 WATCH_INTERVAL = 0.02
 
@@ -99,6 +102,20 @@ def _message(row: sqlite3.Row | tuple[int, str, str, int]) -> StoredMessage:
     return StoredMessage(str(message_id), _from_us(posted_at_us), username, body)
 
 
+@dataclass(slots=True)
+class _PendingAppend:
+    """An append waiting for the next group commit; `result` is set once written
+    (and cleared again if that transaction rolls back)."""
+
+    roomid: str
+    key: str
+    username: str
+    text: str
+    posted_at_us: int
+    client_id: str | None
+    result: tuple[StoredMessage, bool] | None = None
+
+
 class SqliteBackend:
     """One connection per process behind a lock: SQLite serialises writers anyway,
     and a lock works the same under threads and gevent. The connection is reopened
@@ -109,6 +126,10 @@ class SqliteBackend:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
+        # Appends waiting for a group commit, and those of the open transaction.
+        self._queue_lock = threading.Lock()
+        self._queue: list[_PendingAppend] = []
+        self._committed: list[_PendingAppend] = []
         # A second connection, only for `wait_for_messages`: (pid, connection,
         # data_version seen, newest message id seen).
         self._watch_lock = threading.Lock()
@@ -128,7 +149,9 @@ class SqliteBackend:
                 isolation_level=None,
                 check_same_thread=False,
             )
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            # Writers wait in `_begin`; the short timeout covers the brief locks
+            # that WAL readers and checkpoints may meet.
+            conn.execute(f"PRAGMA busy_timeout = {READ_BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
@@ -144,7 +167,7 @@ class SqliteBackend:
         starting together migrate once."""
         if conn.execute("PRAGMA user_version").fetchone()[0] >= len(MIGRATIONS):
             return
-        conn.execute("BEGIN IMMEDIATE")
+        SqliteBackend._begin(conn)
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             for step in MIGRATIONS[version:]:
@@ -159,19 +182,45 @@ class SqliteBackend:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """Run a block under the lock as one transaction; SQLite trouble becomes 503."""
+        """Run a block under the lock as one transaction; SQLite trouble becomes 503.
+        If it does not commit, the group-committed appends it wrote are unwritten."""
         with self._lock:
             conn = self._connect()
+            committed = False
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                self._begin(conn)
                 try:
                     yield conn
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
+                    conn.execute("COMMIT")
+                    committed = True
+                finally:
+                    if not committed:
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
             except sqlite3.Error as exc:
                 raise StoreUnavailable() from exc
+            finally:
+                if not committed:
+                    for item in self._committed:
+                        item.result = None
+                self._committed.clear()
+
+    @staticmethod
+    def _begin(conn: sqlite3.Connection) -> None:
+        """Take the write lock, waiting for other processes with short sleeps of our
+        own: SQLite's busy handler would sleep in steps of up to 100 ms, and under
+        gevent it would stall every connection of the worker while it sleeps."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        pause = 0.0002
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.005)
 
     def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:
@@ -260,23 +309,41 @@ class SqliteBackend:
         posted_at: datetime,
         client_id: str | None,
     ) -> tuple[StoredMessage, bool]:
+        """Group commit: every append waiting while another commits is written by
+        the next one to get the connection, in one transaction with one fsync.
+        Each caller returns only once the transaction holding its row committed."""
+        pending = _PendingAppend(roomid, key, username, text, _to_us(posted_at), client_id)
+        with self._queue_lock:
+            self._queue.append(pending)
         with self._transaction() as conn:
-            if client_id is not None:
-                row = conn.execute(
-                    "SELECT id, username, body, posted_at_us FROM messages"
-                    " WHERE room_id = ? AND name_key = ? AND client_id = ?",
-                    (roomid, key, client_id),
-                ).fetchone()
-                if row is not None:
-                    return _message(row), False
-            posted_at_us = _to_us(posted_at)
-            cursor = conn.execute(
-                "INSERT INTO messages (room_id, name_key, username, body, posted_at_us, client_id)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (roomid, key, username, text, posted_at_us, client_id),
-            )
-            assert cursor.lastrowid is not None
-            return _message((cursor.lastrowid, username, text, posted_at_us)), True
+            if pending.result is None:  # nobody wrote it yet: write everything queued
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                for queued in batch:
+                    queued.result = self._append_row(conn, queued)
+                    self._committed.append(queued)
+        if pending.result is None:  # its transaction rolled back
+            raise StoreUnavailable()
+        return pending.result
+
+    @staticmethod
+    def _append_row(conn: sqlite3.Connection, item: _PendingAppend) -> tuple[StoredMessage, bool]:
+        if item.client_id is not None:
+            row = conn.execute(
+                "SELECT id, username, body, posted_at_us FROM messages"
+                " WHERE room_id = ? AND name_key = ? AND client_id = ?",
+                (item.roomid, item.key, item.client_id),
+            ).fetchone()
+            if row is not None:
+                return _message(row), False
+        cursor = conn.execute(
+            "INSERT INTO messages (room_id, name_key, username, body, posted_at_us, client_id)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (item.roomid, item.key, item.username, item.text, item.posted_at_us, item.client_id),
+        )
+        assert cursor.lastrowid is not None
+        row_id = cursor.lastrowid
+        return _message((row_id, item.username, item.text, item.posted_at_us)), True
 
     def recent_messages(self, roomid: str, limit: int) -> list[StoredMessage]:
         rows = self._read(

@@ -44,7 +44,7 @@ def call(base: str, path: str, body: dict[str, Any] | None = None) -> tuple[int,
         return error.code, json.loads(error.read())
 
 
-def start_server(tmp_path: Path, name: str, worker: str, **env: str) -> Service:
+def start_server(tmp_path: Path, name: str, worker: str, store_url: str) -> Service:
     port = free_port()
     argv = [
         gunicorn(),
@@ -58,19 +58,23 @@ def start_server(tmp_path: Path, name: str, worker: str, **env: str) -> Service:
         "flaskchat:create_app()",
     ]
     environment = {
-        "FLASKCHAT_STORE_URL": f"sqlite:///{tmp_path / 'chat.sqlite3'}",
+        "FLASKCHAT_STORE_URL": store_url,
         "FLASKCHAT_SSE_KEEPALIVE": "1",
         "FLASKCHAT_RATELIMIT_ENABLED": "false",
-        **env,
     }
     return Service(argv, port, env=environment, cwd=tmp_path, log=tmp_path / f"{name}.log")
 
 
-@pytest.fixture(params=list(WORKER_ARGS))
+@pytest.fixture(params=["gevent-sqlite", "gthread-sqlite", "gevent-redis"])
 def servers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Service, Service]]:
-    worker = str(request.param)
-    one = start_server(tmp_path, "one", worker).start()
-    two = start_server(tmp_path, "two", worker)
+    """Two servers of two workers each on one store: a SQLite file, or Redis."""
+    worker, store = str(request.param).split("-")
+    if store == "redis":
+        store_url = str(request.getfixturevalue("redis_url"))
+    else:
+        store_url = f"sqlite:///{tmp_path / 'chat.sqlite3'}"
+    one = start_server(tmp_path, "one", worker, store_url).start()
+    two = start_server(tmp_path, "two", worker, store_url)
     try:
         two.start()
         yield one, two

