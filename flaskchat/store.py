@@ -49,6 +49,9 @@ REPLAY_BATCH = 200
 PAGE_MAX = 200
 # Entries per in-process cache.
 CACHE_SIZE = 10_000
+# How long listeners woken together may share one read. Beyond it a listener
+# reads again, so a wake-up that never came costs at most one presence check.
+SHARED_READ_AGE = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +125,7 @@ class RoomStore:
         self._formatted: dict[StoredMessage, Message] = {}
         self._names: dict[tuple[str, str], str] = {}
         self._conversations: dict[str, tuple[tuple[str | None, int], list[str]]] = {}
-        self._wakeups: dict[tuple[str, str | None], tuple[int, list[StoredMessage]]] = {}
+        self._wakeups: dict[tuple[str, str | None], tuple[int, float, list[StoredMessage]]] = {}
         self._online_cache: dict[str, tuple[float, list[str]]] = {}
 
     @classmethod
@@ -411,15 +414,17 @@ class RoomStore:
         self, roomid: str, cursor: str | None, generation: int
     ) -> list[StoredMessage]:
         """What listeners of one room read when they wake together: the first of
-        them asks the backend, the others at the same cursor share its answer."""
+        them asks the backend, the others at the same cursor share its answer
+        for a moment."""
         key = (roomid, cursor)
+        now = time.monotonic()
         shared = self._wakeups.get(key)
-        if shared is not None and shared[0] == generation:
-            return shared[1]
+        if shared is not None and shared[0] == generation and now - shared[1] < SHARED_READ_AGE:
+            return shared[2]
         batch = self.backend.messages_after(roomid, cursor, REPLAY_BATCH)
         if len(self._wakeups) >= CACHE_SIZE:
             self._wakeups.clear()
-        self._wakeups[key] = (generation, batch)
+        self._wakeups[key] = (generation, now, batch)
         return batch
 
     # Whole store

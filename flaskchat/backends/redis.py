@@ -195,12 +195,15 @@ class RedisBackend:
 
     def wait_for_messages(self, roomids: Collection[str], timeout: float) -> set[str]:
         """A blocking XREAD over the watched rooms' streams, from the newest id this
-        process has seen in each. Only the watcher thread calls it."""
+        process has seen in each; a room watched for the first time counts as
+        changed. Only the watcher thread calls it."""
         for roomid in set(self._watched) - set(roomids):
             del self._watched[roomid]
-        for roomid in roomids:
-            if roomid not in self._watched:
-                self._watched[roomid] = self.latest_message_id(roomid) or "0-0"
+        fresh = {roomid for roomid in roomids if roomid not in self._watched}
+        for roomid in fresh:
+            self._watched[roomid] = self.latest_message_id(roomid) or "0-0"
+        if fresh:  # what arrived before watching began: let listeners look once
+            return fresh
         streams = {_key(r, "messages"): self._watched[r] for r in roomids}
         if not streams:
             time.sleep(timeout)

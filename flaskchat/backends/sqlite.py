@@ -134,6 +134,7 @@ class SqliteBackend:
         # data_version seen, newest message id seen).
         self._watch_lock = threading.Lock()
         self._watch: tuple[int, sqlite3.Connection, int, int] | None = None
+        self._watched_rooms: set[str] = set()
         with self._lock:
             self._connect()
 
@@ -387,9 +388,12 @@ class SqliteBackend:
 
     def wait_for_messages(self, roomids: Collection[str], timeout: float) -> set[str]:
         """Poll `PRAGMA data_version` (which moves when another connection commits)
-        on a connection of its own, then ask which of `roomids` gained messages."""
+        on a connection of its own, then ask which of `roomids` gained messages.
+        A room watched for the first time counts as changed."""
         deadline = time.monotonic() + timeout
         with self._watch_lock:
+            fresh = set(roomids) - self._watched_rooms
+            self._watched_rooms = set(roomids)
             if self._watch is None or self._watch[0] != os.getpid():
                 conn = sqlite3.connect(
                     self.path,
@@ -401,6 +405,8 @@ class SqliteBackend:
                 newest = conn.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0]
                 self._watch = (os.getpid(), conn, version, newest)
             pid, conn, version, newest = self._watch
+            if fresh:  # what arrived before watching began: let listeners look once
+                return fresh
             try:
                 while True:
                     current = conn.execute("PRAGMA data_version").fetchone()[0]
