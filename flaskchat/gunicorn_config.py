@@ -33,6 +33,9 @@ limit_request_fields = 50
 limit_request_field_size = 8190
 # Let the app trust X-Forwarded-* only through FLASKCHAT_TRUSTED_PROXIES.
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+# gunicorn's control socket defaults to one path per user, which two servers on
+# one machine would fight over; flaskchat does not use it.
+control_socket_disable = True
 accesslog = "-"
 # %(U)s is the path without its query string: stream tickets never reach the log.
 access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'

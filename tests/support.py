@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import json
 import os
@@ -61,6 +62,12 @@ def wait_for_port(
     raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
 
 
+@functools.cache
+def _has_control_socket(gunicorn: str) -> bool:
+    help_text = subprocess.run([gunicorn, "--help"], capture_output=True, text=True).stdout
+    return "--no-control-socket" in help_text
+
+
 class Service:
     """A real process in its own session, so that stopping it stops its children."""
 
@@ -74,6 +81,10 @@ class Service:
         log: Path | None = None,
     ) -> None:
         self.argv = list(argv)
+        if Path(self.argv[0]).name == "gunicorn" and _has_control_socket(self.argv[0]):
+            # Its default control socket is one per user: servers of parallel
+            # tests (or of the developer) would take it from each other.
+            self.argv.insert(1, "--no-control-socket")
         self.port = port
         self.env = {**os.environ, **(env or {})}
         self.cwd = cwd

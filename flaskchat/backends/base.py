@@ -88,7 +88,9 @@ class Backend(Protocol):
         client_id: str | None,
     ) -> tuple[StoredMessage, bool]:
         """Store a message; with a `client_id` already used by this user in this
-        room, store nothing and return the first copy with False."""
+        room, store nothing and return the first copy with False. The time
+        recorded is taken as the row is written (by the server's clock, or
+        Redis's), so times never go backwards along ids."""
 
     def recent_messages(self, roomid: str, limit: int) -> list[StoredMessage]:
         """The newest `limit` messages, oldest first."""

@@ -10,7 +10,7 @@ import bisect
 import threading
 import time
 from collections.abc import Collection, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from .base import RoomDump, StoredMessage, UserRecord, parse_sequence_id
@@ -104,6 +104,7 @@ class MemoryBackend:
             if client_id is not None and (key, client_id) in room["client_ids"]:
                 return room["client_ids"][key, client_id], False
             self._last_id += 1
+            posted_at = max(posted_at, datetime.now(UTC))  # stamped under the lock
             message = StoredMessage(str(self._last_id), posted_at, username, text)
             room["messages"].append(message)
             if client_id is not None:
@@ -188,15 +189,13 @@ class MemoryBackend:
             self.add_user(dump.roomid, key, user)
             for digest in dump.tokens.get(key, []):
                 self.add_token(dump.roomid, key, digest, keep=len(dump.tokens[key]))
-        for message in dump.messages:
-            self.append_message(
-                dump.roomid,
-                message.username.casefold(),
-                message.username,
-                message.text,
-                message.posted_at,
-                None,
-            )
+        with self._lock:
+            for message in dump.messages:
+                self._last_id += 1
+                stored = StoredMessage(
+                    str(self._last_id), message.posted_at, message.username, message.text
+                )
+                self._rooms[dump.roomid]["messages"].append(stored)
 
     def ping(self) -> None:
         return None

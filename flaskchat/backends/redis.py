@@ -38,17 +38,20 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
 _STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
-# Store a message unless this user already sent one with this client_id.
-# KEYS: messages stream, client_ids hash. ARGV: client_id field ("" for none),
-# username, text, posted_at in microseconds.
+# Store a message unless this user already sent one with this client_id, stamped
+# with Redis's own clock as it is written, so times follow stream ids whichever
+# server posts. KEYS: messages stream, client_ids hash. ARGV: client_id field ("" for
+# none), username, text.
 APPEND_SCRIPT = """
 if ARGV[1] ~= '' then
     local existing = redis.call('HGET', KEYS[2], ARGV[1])
-    if existing then return {0, existing} end
+    if existing then return {0, existing, ''} end
 end
-local id = redis.call('XADD', KEYS[1], '*', 'u', ARGV[2], 't', ARGV[3], 'us', ARGV[4])
+local now = redis.call('TIME')
+local us = now[1] .. string.format('%06d', tonumber(now[2]))
+local id = redis.call('XADD', KEYS[1], '*', 'u', ARGV[2], 't', ARGV[3], 'us', us)
 if ARGV[1] ~= '' then redis.call('HSET', KEYS[2], ARGV[1], id) end
-return {1, id}
+return {1, id, us}
 """
 
 
@@ -153,13 +156,13 @@ class RedisBackend:
         client_id: str | None,
     ) -> tuple[StoredMessage, bool]:
         field = "" if client_id is None else f"{key} {client_id}"
-        posted_us = (posted_at - EPOCH) // MICROSECOND
         keys = [_key(roomid, "messages"), _key(roomid, "client_ids")]
-        created, entry_id = self._call(
-            lambda: self._append(keys=keys, args=[field, username, text, posted_us])
+        created, entry_id, stamp = self._call(
+            lambda: self._append(keys=keys, args=[field, username, text])
         )
         if created:
-            return StoredMessage(str(entry_id), posted_at, username, text), True
+            written = EPOCH + int(stamp) * MICROSECOND
+            return StoredMessage(str(entry_id), written, username, text), True
         [(first_id, fields)] = self._call(lambda: self.client.xrange(keys[0], entry_id, entry_id))
         return _message(first_id, fields), False
 

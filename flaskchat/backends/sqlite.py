@@ -337,14 +337,16 @@ class SqliteBackend:
             ).fetchone()
             if row is not None:
                 return _message(row), False
+        # Stamped under the write lock: the next row cannot get an earlier time.
+        stamp = max(item.posted_at_us, _to_us(datetime.now(UTC)))
         cursor = conn.execute(
             "INSERT INTO messages (room_id, name_key, username, body, posted_at_us, client_id)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (item.roomid, item.key, item.username, item.text, item.posted_at_us, item.client_id),
+            (item.roomid, item.key, item.username, item.text, stamp, item.client_id),
         )
         assert cursor.lastrowid is not None
         row_id = cursor.lastrowid
-        return _message((row_id, item.username, item.text, item.posted_at_us)), True
+        return _message((row_id, item.username, item.text, stamp)), True
 
     def recent_messages(self, roomid: str, limit: int) -> list[StoredMessage]:
         rows = self._read(

@@ -4,6 +4,7 @@ stays intact, and a client that dribbles its headers is cut off."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import socket
@@ -63,7 +64,7 @@ def call(base: str, path: str, body: dict[str, Any]) -> tuple[int, Any]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, None
-    except OSError:
+    except (OSError, http.client.HTTPException):
         return 0, None  # the server died under this request
 
 
@@ -104,7 +105,9 @@ def crash_while_sending(
         users[name] = store.login(roomid, name, PASSWORD)
     stop = threading.Event()
     acknowledged, threads = start_senders(service.url, roomid, users, stop)
-    time.sleep(1.5)
+    deadline = time.monotonic() + 30  # a busy machine may be slow to get going
+    while len(acknowledged) < 40 and time.monotonic() < deadline:
+        time.sleep(0.1)
     kill()
     time.sleep(0.3)
     stop.set()

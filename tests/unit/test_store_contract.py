@@ -370,3 +370,22 @@ def test_logging_in_past_the_device_limit_logs_the_oldest_device_out(
     for recent in tokens[2:]:
         store.post_message(roomid, "alice", recent, "from a recent device")
     store.close()
+
+
+def test_times_never_go_backwards_along_ids(room_store: RoomStore) -> None:
+    roomid = room_store.create_room("busy")
+    tokens = {name: joined(room_store, roomid, name) for name in ("a", "b", "c", "d")}
+
+    def send(name: str) -> None:
+        for n in range(10):
+            room_store.post_message(roomid, name, tokens[name], f"{name}{n}")
+
+    threads = [threading.Thread(target=send, args=(name,)) for name in tokens]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    history = room_store.messages(roomid, limit=200).messages
+    assert len(history) == 40
+    times = [message.posted_at for message in history]
+    assert times == sorted(times)
