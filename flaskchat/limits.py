@@ -91,6 +91,10 @@ def init_app(app: Flask) -> None:
     app.extensions["flaskchat_streams"] = StreamCounter()
 
 
+# Seconds a client over the stream cap is told to wait.
+STREAM_RETRY_AFTER = 10
+
+
 class StreamCounter:
     """Open event streams per client IP in this process, behind a lock."""
 
@@ -105,7 +109,8 @@ class StreamCounter:
             if self._open[ip] >= limit:
                 raise TooManyRequests(
                     f"You have {limit} live connections open already. "
-                    "Please close a tab and try again."
+                    "Please close a tab and try again.",
+                    retry_after=STREAM_RETRY_AFTER,
                 )
             self._open[ip] += 1
         released = False

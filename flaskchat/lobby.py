@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, render_template
 
+from .errors import StoreUnavailable
 from .web import failure_shape, html_page, json_fields, store
 
 bp = Blueprint("lobby", __name__)
@@ -32,7 +33,11 @@ def openapi() -> Any:
 
 
 @bp.get("/healthz")
-@failure_shape(status="unavailable")
 def healthz() -> Any:
-    store().ping()
+    """For monitors: "ok", or 503 with "unavailable" when the store does not answer."""
+    try:
+        store().ping()
+    except StoreUnavailable as error:
+        body = {"status": "unavailable", "succeeded": False, "explanation": error.explanation}
+        return jsonify(body), 503
     return jsonify({"status": "ok"})

@@ -145,6 +145,9 @@ def handle_http_error(error: HTTPException) -> Any:
         )
     else:
         response = current_app.make_response(failure(explanation, status))
+    for name, value in error.get_headers():
+        if name == "Retry-After":  # 429s and 503s say when to come back
+            response.headers[name] = value
     if isinstance(error, MethodNotAllowed) and error.valid_methods:
         response.headers["Allow"] = ", ".join(error.valid_methods)
     return response

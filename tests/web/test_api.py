@@ -116,6 +116,7 @@ def test_wrong_method_is_a_json_405(chat: ChatActions) -> None:
     assert response.json["succeeded"] is False
     assert "POST" in response.headers["Allow"]
     assert chat.client.get("/createroom").json["roomid"] is None
+    assert "status" not in chat.client.post("/healthz").json  # not a health answer
 
 
 def test_healthz(client: FlaskClient) -> None:

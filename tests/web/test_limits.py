@@ -161,6 +161,7 @@ def test_open_streams_are_capped_per_ip(app: Flask, one: ChatActions) -> None:
             assert first.status == second.status == 200
             with EventStream(served.url, f"/{roomid}/events") as third:
                 assert third.status == 429
+                assert int(third.response.getheader("Retry-After", "0")) >= 1
                 assert "live connections" in third.response.read().decode()
         # Closed streams give their places back once the server notices.
         deadline = time.monotonic() + 10
