@@ -57,11 +57,18 @@ def digest_matches(candidate: str, stored: Iterable[str]) -> bool:
     return found
 
 
-def _require_utf8(value: str, what: str) -> None:
+def is_text(value: str) -> bool:
+    """False for strings that hold lone surrogates (JSON can carry them)."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidInput(f"The {what} contains characters that are not valid text.") from None
+        return False
+    return True
+
+
+def _require_utf8(value: str, what: str) -> None:
+    if not is_text(value):
+        raise InvalidInput(f"The {what} contains characters that are not valid text.")
 
 
 def _is_control(char: str, allowed: str = "") -> bool:

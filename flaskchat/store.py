@@ -185,6 +185,8 @@ class RoomStore:
         except InvalidInput:
             key = None
         user = None if key is None else self.backend.get_user(roomid, key)
+        if not rules.is_text(password):  # matches no hash, and scrypt cannot take it
+            user, password = None, ""
         if user is None or key is None:
             run_cpu_bound(check_password_hash, self._dummy_hash, password)
             raise AuthenticationFailed(BAD_LOGIN)

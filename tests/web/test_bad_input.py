@@ -3,6 +3,7 @@ explanation, and stores nothing."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -201,3 +202,18 @@ def test_bad_client_id(chat: ChatActions, store: RoomStore, room: tuple[str, str
         response = chat.say(roomid, "alice", token, "hi", client_id=client_id)
         assert response.status_code == status
     assert store.conversation(roomid) == []
+
+
+@pytest.mark.parametrize("username", ["alice", "nobody", "\ud800"])
+def test_a_password_that_is_not_text_is_a_failed_login(
+    chat: ChatActions, store: RoomStore, room: tuple[str, str], username: str
+) -> None:
+    roomid, _ = room
+    body = json.dumps({"username": username, "password": "pass\ud800word"})
+    response = chat.client.post(f"/{roomid}/login", data=body, content_type="application/json")
+    assert response.status_code == 401
+    assert response.json == {
+        "succeeded": False,
+        "token": None,
+        "explanation": "Unknown username or wrong password.",
+    }
