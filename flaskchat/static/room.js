@@ -20,6 +20,7 @@ const state = {
   firstId: null,
   lastId: null,
   stream: null,
+  connectAttempt: 0,
   reconnectDelay: 1000,
   reconnectTimer: null,
   unread: 0,
@@ -67,6 +68,14 @@ function textWithMentions(text) {
   return fragment;
 }
 
+// "<alice>", as in the seed's conversation lines, so a copied line reads the same.
+function authorName(username) {
+  const author = document.createElement("span");
+  author.className = "author";
+  author.textContent = `<${username}>`;
+  return author;
+}
+
 function messageItem(message) {
   const item = document.createElement("li");
   item.className = "message";
@@ -74,9 +83,7 @@ function messageItem(message) {
   const when = document.createElement("time");
   when.dateTime = message.time;
   when.textContent = timeFormat.format(new Date(message.time));
-  const author = document.createElement("span");
-  author.className = "author";
-  author.textContent = message.username;
+  const author = authorName(message.username);
   const text = document.createElement("span");
   text.className = "text";
   text.append(textWithMentions(message.text));
@@ -169,10 +176,12 @@ $("load-older").addEventListener("click", async () => {
 });
 
 // The live stream. Every (re)connection asks for what came after the last message
-// shown, then catches up from history once open, so nothing falls in a gap.
+// shown. The server fixes where a stream starts before it sends the stream's first
+// presence event, so catching up from history at that moment leaves no gap.
 
 async function connect() {
   clearTimeout(state.reconnectTimer);
+  const attempt = ++state.connectAttempt;
   if (state.stream) state.stream.close();
   setConnection("connecting", "Connecting…");
   const params = new URLSearchParams();
@@ -183,24 +192,29 @@ async function connect() {
       if (result.status === 200) params.set("ticket", result.data.ticket);
       else if (result.status === 401) forgetSession("Your session has ended. Please log in again.");
     } catch {
-      scheduleReconnect();
+      if (attempt === state.connectAttempt) scheduleReconnect();
       return;
     }
   }
+  if (attempt !== state.connectAttempt) return; // a newer connect() took over meanwhile
+  if (state.stream) state.stream.close();
   const query = params.toString();
   const stream = new EventSource(`events${query ? `?${query}` : ""}`);
   state.stream = stream;
-  stream.addEventListener("open", async () => {
+  let caughtUp = false;
+  stream.addEventListener("message", (event) => show([JSON.parse(event.data)]));
+  stream.addEventListener("presence", async (event) => {
+    showOnline(JSON.parse(event.data).online);
+    if (caughtUp) return;
+    caughtUp = true;
     state.reconnectDelay = 1000;
-    setConnection("live", "Live");
     try {
       await loadLatest();
     } catch {
       // The stream itself still delivers; the next reconnect catches up again.
     }
+    if (state.stream === stream) setConnection("live", "Live");
   });
-  stream.addEventListener("message", (event) => show([JSON.parse(event.data)]));
-  stream.addEventListener("presence", (event) => showOnline(JSON.parse(event.data).online));
   stream.addEventListener("error", () => {
     // Reconnect ourselves: a fresh ticket and the newest cursor every time.
     stream.close();
@@ -229,9 +243,7 @@ function pendingItem(entry) {
   const item = document.createElement("li");
   item.className = "message pending";
   item.dataset.clientId = entry.clientId;
-  const author = document.createElement("span");
-  author.className = "author";
-  author.textContent = state.session ? state.session.username : "";
+  const author = authorName(state.session ? state.session.username : "");
   const text = document.createElement("span");
   text.className = "text";
   text.textContent = entry.text;
@@ -287,7 +299,11 @@ async function flushOutbox() {
       } else {
         state.outbox.shift(); // refused for good: say why and drop it
         notify(explanation(result));
-        if (result.status === 401) forgetSession(explanation(result));
+        if (result.status === 401) {
+          // Logged out elsewhere: keep the text in the box for after the next login.
+          if (!$("message").value) $("message").value = entry.text;
+          forgetSession(explanation(result));
+        }
       }
       saveJSON(outboxKey, state.outbox);
       renderOutbox();
@@ -342,6 +358,9 @@ async function logIn(username, password) {
   }
   state.session = { username: username.trim(), token: result.data.token };
   saveJSON(sessionKey, state.session);
+  // Leave no password in the hidden forms for whoever uses this screen after a log-out.
+  $("login-form").reset();
+  $("register-form").reset();
   notify("");
   showSession();
   connect(); // reopen the stream with a ticket, so others see us online

@@ -1,10 +1,12 @@
-"""People using the pages in a real browser: create a room, register, chat live,
-drop off the network and come back, and never see markup run."""
+"""People using the pages in a real browser: create a room, register, log in and
+out, chat live, drop off the network and come back, and never see markup run or
+the content security policy broken."""
 
 from __future__ import annotations
 
 import json
 import re
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -47,6 +49,28 @@ def register(page: Page, username: str, password: str = PASSWORD, again: str | N
         expect(page.get_by_role("status")).to_have_text("Live")
 
 
+def log_in(page: Page, username: str, password: str = PASSWORD) -> None:
+    page.get_by_label("Username", exact=True).fill(username)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_text("Logged in as")).to_be_visible()
+
+
+def session(page: Page) -> Any:
+    """What the page keeps in local storage for this room: {username, token}, or None."""
+    return page.evaluate(
+        "JSON.parse(localStorage.getItem('flaskchat:session:' + location.pathname))"
+    )
+
+
+def refused(base: str, path: str, body: dict[str, Any]) -> int:
+    """The status of an API call that must fail."""
+    with pytest.raises(urllib.error.HTTPError) as error:
+        api(base, path, body)
+    error.value.close()
+    return error.value.code
+
+
 def say(page: Page, text: str) -> None:
     page.get_by_label("Message", exact=True).fill(text)
     page.get_by_label("Message", exact=True).press("Enter")
@@ -60,33 +84,74 @@ def texts(page: Page) -> list[str]:
     return log(page).locator("li:not(.pending) .text").all_text_contents()
 
 
-def test_create_register_chat_and_reload(site: str, meet: Callable[..., Person]) -> None:
+def test_create_register_log_in_chat_and_reload(site: str, meet: Callable[..., Person]) -> None:
     alice = meet()
     page = alice.page
     room = create_room(page, site, "Bob and Al's room")
+    expect(page).to_have_title("Bob and Al's room · flaskchat")
     expect(page.get_by_role("status")).to_have_text("Live")
+    roomid = room.rstrip("/").rsplit("/", 1)[1]
 
     register(page, "alice", again="something else")
     expect(page.get_by_role("alert")).to_contain_text("not the same")
-    roomid = room.rstrip("/").rsplit("/", 1)[1]
-    with pytest.raises(urllib.error.HTTPError):  # nothing was registered
-        api(site, f"{roomid}/login", {"username": "alice", "password": PASSWORD})
+    login = {"username": "alice", "password": PASSWORD}
+    assert refused(site, f"{roomid}/login", login) == 401  # nothing was registered
 
-    register(page, "alice")
-    expect(page.get_by_text("Logged in as")).to_be_visible()
-    say(page, "what's going on?")
-    expect(log(page).locator("li .text")).to_have_text(["what's going on?"])
-    expect(log(page).locator("li .author")).to_have_text(["alice"])
+    register(page, "alice")  # registering logs in
+    first = session(page)
+    assert first["username"] == "alice"
+    page.get_by_role("button", name="Log out").click()
+    expect(page.get_by_role("button", name="Log in")).to_be_visible()
+    expect(page.get_by_label("Message", exact=True)).to_be_hidden()
+    assert session(page) is None
+    stale = {"username": "alice", "token": first["token"], "message": "still?"}
+    assert refused(site, f"{roomid}/message", stale) == 401  # the server forgot it too
+
+    log_in(page, "alice")
+    say(page, "hello")
+    expect(log(page).locator("li")).to_have_text([re.compile(r"^\S.* <alice> hello$")])
     expect(log(page).locator("li .note")).to_have_count(0)
     [line] = api(site, f"{roomid}/get_conversation")
-    assert re.fullmatch(r"\d\d-\d\d-\d\d \d\d:\d\d:\d\d <alice> what's going on\?", line)
+    assert re.fullmatch(r"\d\d-\d\d-\d\d \d\d:\d\d:\d\d <alice> hello", line)
 
     page.reload()
     expect(page.get_by_text("Logged in as")).to_be_visible()
-    expect(log(page).locator("li .text")).to_have_text(["what's going on?"])
+    expect(log(page).locator("li .text")).to_have_text(["hello"])
+    assert session(page)["token"] != first["token"]
 
     page.goto(site)  # the lobby remembers the room, in this browser only
     expect(page.get_by_role("link", name="Bob and Al's room")).to_have_attribute("href", room)
+    assert alice.errors == []
+
+
+def test_the_lobby_explains_a_refused_room_name(site: str, meet: Callable[..., Person]) -> None:
+    someone = meet()
+    page = someone.page
+    page.goto(site)
+    page.get_by_label("Room name").fill("   ")
+    page.get_by_label("Room name").press("Enter")
+    expect(page.get_by_role("alert")).to_have_text("Please give the room a name.")
+    assert page.url == site
+    assert someone.errors == []
+
+
+def test_a_revoked_session_asks_to_log_in_again_and_keeps_the_text(
+    site: str, meet: Callable[..., Person]
+) -> None:
+    alice = meet()
+    page = alice.page
+    room = create_room(page, site, "revoked")
+    roomid = room.rstrip("/").rsplit("/", 1)[1]
+    register(page, "alice")
+    api(site, f"{roomid}/logout", session(page))  # as if logged out on another device
+    say(page, "are you there?")
+    expect(page.get_by_role("alert")).to_have_text(re.compile("not logged in"))
+    expect(page.get_by_role("button", name="Log in")).to_be_visible()
+    assert session(page) is None
+    log_in(page, "alice")
+    expect(page.get_by_label("Message", exact=True)).to_have_value("are you there?")
+    page.get_by_label("Message", exact=True).press("Enter")
+    expect(log(page).locator("li:not(.pending) .text")).to_have_text(["are you there?"])
     assert alice.errors == []
 
 
@@ -146,17 +211,60 @@ def test_markup_is_shown_as_text_and_never_runs(site: str, meet: Callable[..., P
     page = mallory.page
     room = create_room(page, site, XSS)
     roomid = room.rstrip("/").rsplit("/", 1)[1]
+    expect(page).to_have_title(f"{XSS} · flaskchat")
+    register(page, XSS, again=PASSWORD)  # the server refuses such a name; the page says so
+    expect(page.get_by_role("alert")).to_have_text(re.compile("only letters, digits"))
+    assert refused(site, f"{roomid}/register", {"username": XSS, "password": PASSWORD}) == 400
     register(page, "alice")
     say(page, f"{XSS} @alice")
     expect(log(page).locator("li .text")).to_have_text([f"{XSS} @alice"])
     api(site, f"{roomid}/register", {"username": "bob", "password": PASSWORD})
     expect(page.get_by_role("heading", level=1)).to_have_text(XSS)
     assert page.evaluate("window.__xss") is None
-    assert page.locator("#messages img, #messages script, h1 img").count() == 0
+    assert page.locator("img, main script, h1 script, #notice *").count() == 0
     page.goto(site)
     expect(page.get_by_role("link", name=XSS)).to_be_visible()
     assert page.evaluate("window.__xss") is None
     assert mallory.errors == []
+
+
+def test_pages_send_a_strict_policy_and_break_none_of_it(
+    site: str, meet: Callable[..., Person]
+) -> None:
+    someone = meet()
+    page = someone.page
+    page.add_init_script(
+        """window.__violations = [];
+           document.addEventListener('securitypolicyviolation',
+             (e) => window.__violations.push(`${e.violatedDirective} ${e.blockedURI}`));"""
+    )
+    roomid = api(site, "createroom", {"alias": "policy"})["roomid"]
+    pages = [("", 200), (f"{roomid}/", 200), ("A" * 22 + "/", 404)]  # lobby, room, error
+    for path, status in pages:
+        response = page.goto(site + path)
+        assert response is not None and response.status == status
+        policy = response.headers["content-security-policy"]
+        assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+        assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
+        assert response.headers["referrer-policy"] == "no-referrer"
+        assert response.headers["x-content-type-options"] == "nosniff"
+        if status == 200:
+            expect(page.get_by_role("heading", level=1)).to_be_visible()
+        if path == f"{roomid}/":  # its script ran and its event stream is open
+            expect(page.get_by_role("status")).to_have_text("Live")
+        else:
+            page.wait_for_load_state("networkidle")
+        assert page.evaluate("window.__violations") == [], path
+    assert someone.errors == []
+
+    # The policy is in force, and a breach would have been seen: inline script is blocked.
+    page.evaluate(
+        """() => { const s = document.createElement('script');
+                   s.textContent = 'window.__inline = 1'; document.head.append(s); }"""
+    )
+    page.wait_for_function("window.__violations.length > 0")
+    assert page.evaluate("window.__inline") is None
+    assert any("Content Security Policy" in e for e in someone.errors)
 
 
 def test_everything_works_under_a_prefix(prefixed_site: str, meet: Callable[..., Person]) -> None:
@@ -244,7 +352,10 @@ def test_two_people_chat_through_gunicorn(gunicorn_site: str, meet: Callable[...
     bob.page.goto(room)
     register(bob.page, "bob")
     for n in range(6):  # two workers: posts and streams land on either
-        say((alice, bob)[n % 2].page, f"m{n}")
+        sender = (alice, bob)[n % 2].page
+        say(sender, f"m{n}")
+        # The server orders messages as they arrive: let each land before the next.
+        expect(log(sender).locator("li.pending")).to_have_count(0)
     expected = [f"m{n}" for n in range(6)]
     expect(log(alice.page).locator("li:not(.pending) .text")).to_have_text(expected)
     expect(log(bob.page).locator("li:not(.pending) .text")).to_have_text(expected)
