@@ -11,8 +11,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,3 +306,31 @@ def backend_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> st
     if kind == "redis":
         return str(request.getfixturevalue("redis_url"))
     return {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path / 'chat.sqlite3'}"}[kind]
+
+
+def call(base: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    """One request as a seed client makes it: JSON in; the status and the reply
+    (JSON when it says so, else text) out, error statuses included."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        base + path, data=data, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, _reply(response)
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, _reply(error)
+
+
+def _reply(response: Any) -> Any:
+    raw = response.read()
+    if "json" in response.headers.get("Content-Type", ""):
+        return json.loads(raw)
+    return raw.decode()
+
+
+def gunicorn_path() -> str:
+    """The gunicorn of this environment, else one on the PATH."""
+    local = Path(sys.executable).parent / "gunicorn"
+    return str(local) if local.exists() else require_executable("gunicorn")

@@ -5,15 +5,11 @@ stays intact, and a client that dribbles its headers is cut off."""
 from __future__ import annotations
 
 import http.client
-import json
 import signal
 import socket
 import sqlite3
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,23 +18,19 @@ import pytest
 
 from flaskchat import RoomStore
 
-from support import RedisServer, Service, free_port, require_executable
+from support import RedisServer, Service, free_port, gunicorn_path
+from support import call as support_call
 
 pytestmark = pytest.mark.system
 
 PASSWORD = "correct horse battery"
 
 
-def gunicorn_binary() -> str:
-    local = Path(sys.executable).parent / "gunicorn"
-    return str(local) if local.exists() else require_executable("gunicorn")
-
-
 def server(tmp_path: Path, store_url: str, *extra: str) -> Service:
     port = free_port()
     return Service(
         [
-            gunicorn_binary(),
+            gunicorn_path(),
             "-w",
             "2",
             "-k",
@@ -56,16 +48,11 @@ def server(tmp_path: Path, store_url: str, *extra: str) -> Service:
 
 
 def call(base: str, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-    request = urllib.request.Request(
-        base + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
+    """A request that may meet a dying server: no reply at all counts as status 0."""
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, None
+        return support_call(base, path, body)
     except (OSError, http.client.HTTPException):
-        return 0, None  # the server died under this request
+        return 0, None
 
 
 def start_senders(

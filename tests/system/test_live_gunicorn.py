@@ -4,19 +4,14 @@ class, and password hashing does not stall a gevent worker."""
 
 from __future__ import annotations
 
-import json
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from support import EventStream, Service, free_port, require_executable
+from support import EventStream, Service, call, free_port, gunicorn_path
 
 pytestmark = pytest.mark.system
 
@@ -27,27 +22,10 @@ WORKER_ARGS = {
 }
 
 
-def gunicorn() -> str:
-    local = Path(sys.executable).parent / "gunicorn"
-    return str(local) if local.exists() else require_executable("gunicorn")
-
-
-def call(base: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        base + path, data=data, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 def start_server(tmp_path: Path, name: str, worker: str, store_url: str) -> Service:
     port = free_port()
     argv = [
-        gunicorn(),
+        gunicorn_path(),
         "-w",
         "2",
         "-b",
@@ -175,7 +153,7 @@ def test_password_hashing_does_not_stall_a_gevent_worker(tmp_path: Path) -> None
     port = free_port()
     server = Service(
         [
-            gunicorn(),
+            gunicorn_path(),
             "-w",
             "1",
             "-k",

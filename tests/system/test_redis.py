@@ -4,14 +4,9 @@ across a Redis restart."""
 
 from __future__ import annotations
 
-import json
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from flask import Flask
@@ -22,26 +17,15 @@ from support import (
     EventStream,
     RedisServer,
     Service,
+    call,
     close_app,
     free_port,
-    require_executable,
+    gunicorn_path,
 )
 
 pytestmark = pytest.mark.system
 
 PASSWORD = "correct horse battery"
-
-
-def call(base: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        base + path, data=data, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 @pytest.fixture
@@ -55,8 +39,7 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def gunicorn_on(redis: RedisServer, tmp_path: Path, name: str) -> Service:
-    local = Path(sys.executable).parent / "gunicorn"
-    binary = str(local) if local.exists() else require_executable("gunicorn")
+    binary = gunicorn_path()
     port = free_port()
     return Service(
         [

@@ -4,7 +4,6 @@ in scripts. Each is run for real here, and a seed client drives the result."""
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
@@ -13,32 +12,16 @@ import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from support import Service, free_port, require_executable
+from support import Service, call, free_port, gunicorn_path
 
 pytestmark = pytest.mark.system
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "correct horse battery"
 LINE = r"\d\d-\d\d-\d\d \d\d:\d\d:\d\d <{user}> {text}"
-
-
-def call(base: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-    """A client written only from the seed page: JSON in, JSON out."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        base + path, data=data, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            raw = response.read()
-            kind = response.headers.get("Content-Type", "")
-            return response.status, json.loads(raw) if "json" in kind else raw.decode()
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 def seed_conversation(base: str) -> tuple[str, str]:
@@ -172,11 +155,10 @@ def test_pip_install_then_gunicorn_with_two_workers_survives_a_restart(
 
 def test_a_script_writes_what_the_running_server_serves(tmp_path: Path) -> None:
     store_url = f"sqlite:///{tmp_path / 'chat.sqlite3'}"
-    local = Path(sys.executable).parent / "gunicorn"
     port = free_port()
     server = Service(
         [
-            str(local) if local.exists() else require_executable("gunicorn"),
+            gunicorn_path(),
             "-w",
             "2",
             "-b",
