@@ -333,10 +333,13 @@ class RoomStore:
         self.alias(roomid)
         if after is not None:
             self.backend.messages_after(roomid, after, 0)
-        return self._follow(roomid, after, username, keepalive)
+        # Fixed now, so that a client may catch up from history as soon as the
+        # response begins: everything after this point comes on the stream.
+        cursor = after if after is not None else self.backend.latest_message_id(roomid)
+        return self._follow(roomid, cursor, username, keepalive)
 
     def _follow(
-        self, roomid: str, after: str | None, username: str | None, keepalive: float
+        self, roomid: str, cursor: str | None, username: str | None, keepalive: float
     ) -> Iterator[StreamItem]:
         stream = rules.new_token()
         with self.signals.listening(roomid):
@@ -344,7 +347,6 @@ class RoomStore:
                 if username is not None:
                     self._set_presence(roomid, stream, username, PRESENCE_LIFETIME)
                 generation = self.signals.generation(roomid)
-                cursor = after if after is not None else self.backend.latest_message_id(roomid)
                 shown = self.online(roomid)
                 yield Presence(shown)
                 now = time.monotonic()
