@@ -249,12 +249,12 @@ class RoomStore:
         newest = self.backend.latest_message_id(roomid)
         cached = self._conversations.get(roomid)
         if cached is not None and cached[0] == (newest, limit):
-            return cached[1]
+            return list(cached[1])  # a copy: callers may change what they get
         lines = [self._message(m).line for m in self.backend.recent_messages(roomid, limit)]
         if lines and len(self._conversations) >= CACHE_SIZE:
             self._conversations.clear()
         self._conversations[roomid] = ((newest, limit), lines)
-        return lines
+        return list(lines)
 
     def messages(
         self,
@@ -310,7 +310,7 @@ class RoomStore:
         now = time.monotonic()
         cached = self._online_cache.get(roomid)
         if cached is not None and cached[0] > now:
-            return cached[1]
+            return list(cached[1])
         names = self.backend.online(roomid, time.time())
         self._online_cache[roomid] = (now + 1.0, names)
         return names

@@ -36,7 +36,9 @@ T = TypeVar("T")
 PREFIX = "flaskchat"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
-_STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
+_STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+_ID_PART_MAX = 2**64 - 1
+_FIRST_ID, _LAST_ID = "0-0", f"{_ID_PART_MAX}-{_ID_PART_MAX}"
 
 # Store a message unless this user already sent one with this client_id, stamped
 # with Redis's own clock as it is written, so times follow stream ids whichever
@@ -56,9 +58,11 @@ return {1, id, us}
 
 
 def parse_stream_id(message_id: str) -> str:
-    if not _STREAM_ID.fullmatch(message_id):
+    """A stream id as Redis writes it: two decimal numbers of 64 bits each."""
+    match = _STREAM_ID.fullmatch(message_id)
+    if match is None or max(int(match[1]), int(match[2])) > _ID_PART_MAX:
         raise InvalidInput("That is not a message id of this room.")
-    return message_id
+    return f"{int(match[1])}-{int(match[2])}"
 
 
 def _key(roomid: str, *parts: str) -> str:
@@ -174,7 +178,7 @@ class RedisBackend:
 
     def messages_before(self, roomid: str, before: str, limit: int) -> list[StoredMessage]:
         cut = parse_stream_id(before)
-        if limit <= 0:
+        if limit <= 0 or cut == _FIRST_ID:  # nothing comes before the first id
             return []
         entries = self._call(
             lambda: self.client.xrevrange(
@@ -185,7 +189,7 @@ class RedisBackend:
 
     def messages_after(self, roomid: str, after: str | None, limit: int) -> list[StoredMessage]:
         start = "-" if after is None else "(" + parse_stream_id(after)
-        if limit <= 0:
+        if limit <= 0 or start == "(" + _LAST_ID:  # nothing comes after the last id
             return []
         entries = self._call(
             lambda: self.client.xrange(_key(roomid, "messages"), min=start, max="+", count=limit)
