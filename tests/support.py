@@ -334,3 +334,25 @@ def gunicorn_path() -> str:
     """The gunicorn of this environment, else one on the PATH."""
     local = Path(sys.executable).parent / "gunicorn"
     return str(local) if local.exists() else require_executable("gunicorn")
+
+
+def gunicorn_service(
+    store_url: str,
+    log: Path,
+    *options: str,
+    workers: int = 2,
+    env: dict[str, str] | None = None,
+) -> Service:
+    """gunicorn serving flaskchat from a free port on `store_url`, logging to `log`
+    and working in its folder. Rate limits are off unless `env` turns them on:
+    these tests send faster than any person."""
+    port = free_port()
+    argv = [gunicorn_path(), "-w", str(workers), "-b", f"127.0.0.1:{port}", *options]
+    environment = {"FLASKCHAT_STORE_URL": store_url, "FLASKCHAT_RATELIMIT_ENABLED": "false"}
+    return Service(
+        [*argv, "flaskchat:create_app()"],
+        port,
+        env={**environment, **(env or {})},
+        cwd=log.parent,
+        log=log,
+    )

@@ -3,7 +3,6 @@ on 127.0.0.1: at the root, under a /chat prefix, or by real gunicorn."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 from flaskchat import create_app
 
-from support import ServedApp, Service, close_app, free_port, require_executable
+from support import ServedApp, close_app, gunicorn_service, require_executable
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -71,33 +70,17 @@ def prefixed_site(chat_app: Flask) -> Iterator[str]:
 
 @pytest.fixture
 def gunicorn_site(tmp_path: Path) -> Iterator[str]:
-    """Real gunicorn with two gevent workers on one SQLite file."""
-    local = Path(sys.executable).parent / "gunicorn"
-    binary = str(local) if local.exists() else require_executable("gunicorn")
-    port = free_port()
-    service = Service(
-        [
-            binary,
-            "-c",
-            "python:flaskchat.gunicorn_config",
-            "-w",
-            "2",
-            "-b",
-            f"127.0.0.1:{port}",
-            "--graceful-timeout",
-            "3",
-            "flaskchat:create_app()",
-        ],
-        port,
+    """Real gunicorn, with the recommended settings and two gevent workers, on one
+    SQLite file."""
+    service = gunicorn_service(
+        f"sqlite:///{tmp_path / 'chat.sqlite3'}",
+        tmp_path / "gunicorn.log",
+        *("-c", "python:flaskchat.gunicorn_config", "--graceful-timeout", "3"),
         env={
-            "FLASKCHAT_STORE_URL": f"sqlite:///{tmp_path / 'chat.sqlite3'}",
-            "FLASKCHAT_RATELIMIT_ENABLED": "false",
             "FLASKCHAT_PASSWORD_HASH_METHOD": "scrypt:1024:8:1",
             # Streams notice a closed page at their next keep-alive: stop quickly.
             "FLASKCHAT_SSE_KEEPALIVE": "1",
         },
-        cwd=tmp_path,
-        log=tmp_path / "gunicorn.log",
     ).start()
     yield service.url + "/"
     service.stop()

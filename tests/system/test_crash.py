@@ -18,7 +18,7 @@ import pytest
 
 from flaskchat import RoomStore
 
-from support import RedisServer, Service, free_port, gunicorn_path
+from support import RedisServer, Service, gunicorn_service
 from support import call as support_call
 
 pytestmark = pytest.mark.system
@@ -27,24 +27,7 @@ PASSWORD = "correct horse battery"
 
 
 def server(tmp_path: Path, store_url: str, *extra: str) -> Service:
-    port = free_port()
-    return Service(
-        [
-            gunicorn_path(),
-            "-w",
-            "2",
-            "-k",
-            "gevent",
-            "-b",
-            f"127.0.0.1:{port}",
-            *extra,
-            "flaskchat:create_app()",
-        ],
-        port,
-        env={"FLASKCHAT_STORE_URL": store_url, "FLASKCHAT_RATELIMIT_ENABLED": "false"},
-        cwd=tmp_path,
-        log=tmp_path / "gunicorn.log",
-    )
+    return gunicorn_service(store_url, tmp_path / "gunicorn.log", "-k", "gevent", *extra)
 
 
 def call(base: str, path: str, body: dict[str, Any]) -> tuple[int, Any]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from support import EventStream, Service, call, free_port, gunicorn_path
+from support import EventStream, Service, call, gunicorn_service
 
 pytestmark = pytest.mark.system
 
@@ -23,24 +23,9 @@ WORKER_ARGS = {
 
 
 def start_server(tmp_path: Path, name: str, worker: str, store_url: str) -> Service:
-    port = free_port()
-    argv = [
-        gunicorn_path(),
-        "-w",
-        "2",
-        "-b",
-        f"127.0.0.1:{port}",
-        "--graceful-timeout",
-        "2",
-        *WORKER_ARGS[worker],
-        "flaskchat:create_app()",
-    ]
-    environment = {
-        "FLASKCHAT_STORE_URL": store_url,
-        "FLASKCHAT_SSE_KEEPALIVE": "1",
-        "FLASKCHAT_RATELIMIT_ENABLED": "false",
-    }
-    return Service(argv, port, env=environment, cwd=tmp_path, log=tmp_path / f"{name}.log")
+    options = ("--graceful-timeout", "2", *WORKER_ARGS[worker])
+    env = {"FLASKCHAT_SSE_KEEPALIVE": "1"}
+    return gunicorn_service(store_url, tmp_path / f"{name}.log", *options, env=env)
 
 
 @pytest.fixture(params=["gevent-sqlite", "gthread-sqlite", "gevent-redis"])
@@ -150,21 +135,12 @@ def test_resume_on_another_server_and_presence_across_servers(
 
 
 def test_password_hashing_does_not_stall_a_gevent_worker(tmp_path: Path) -> None:
-    port = free_port()
-    server = Service(
-        [
-            gunicorn_path(),
-            "-w",
-            "1",
-            "-k",
-            "gevent",
-            "-b",
-            f"127.0.0.1:{port}",
-            "flaskchat:create_app()",
-        ],
-        port,
-        env={"FLASKCHAT_STORE_URL": f"sqlite:///{tmp_path / 'chat.sqlite3'}"},
-        log=tmp_path / "gunicorn.log",
+    server = gunicorn_service(
+        f"sqlite:///{tmp_path / 'chat.sqlite3'}",
+        tmp_path / "gunicorn.log",
+        "-k",
+        "gevent",
+        workers=1,
     ).start()
     try:
         roomid = call(server.url, "/createroom", {"alias": "busy"})[1]["roomid"]

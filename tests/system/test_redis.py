@@ -19,8 +19,7 @@ from support import (
     Service,
     call,
     close_app,
-    free_port,
-    gunicorn_path,
+    gunicorn_service,
 )
 
 pytestmark = pytest.mark.system
@@ -39,29 +38,11 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def gunicorn_on(redis: RedisServer, tmp_path: Path, name: str) -> Service:
-    binary = gunicorn_path()
-    port = free_port()
-    return Service(
-        [
-            binary,
-            "-w",
-            "2",
-            "-k",
-            "gevent",
-            "-b",
-            f"127.0.0.1:{port}",
-            "--graceful-timeout",
-            "2",
-            "flaskchat:create_app()",
-        ],
-        port,
-        env={
-            "FLASKCHAT_STORE_URL": redis.redis_url,
-            "FLASKCHAT_SSE_KEEPALIVE": "1",
-            "FLASKCHAT_RATELIMIT_ENABLED": "false",
-        },
-        cwd=tmp_path,
-        log=tmp_path / f"{name}.log",
+    return gunicorn_service(
+        redis.redis_url,
+        tmp_path / f"{name}.log",
+        *("-k", "gevent", "--graceful-timeout", "2"),
+        env={"FLASKCHAT_SSE_KEEPALIVE": "1"},
     )
 
 

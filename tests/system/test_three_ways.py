@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from support import Service, call, free_port, gunicorn_path
+from support import Service, call, free_port, gunicorn_service
 
 pytestmark = pytest.mark.system
 
@@ -155,21 +155,7 @@ def test_pip_install_then_gunicorn_with_two_workers_survives_a_restart(
 
 def test_a_script_writes_what_the_running_server_serves(tmp_path: Path) -> None:
     store_url = f"sqlite:///{tmp_path / 'chat.sqlite3'}"
-    port = free_port()
-    server = Service(
-        [
-            gunicorn_path(),
-            "-w",
-            "2",
-            "-b",
-            f"127.0.0.1:{port}",
-            "flaskchat:create_app()",
-        ],
-        port,
-        env={"FLASKCHAT_STORE_URL": store_url},
-        cwd=tmp_path,
-        log=tmp_path / "gunicorn.log",
-    ).start()
+    server = gunicorn_service(store_url, tmp_path / "gunicorn.log").start()
     script = tmp_path / "announce.py"
     script.write_text(
         textwrap.dedent(f"""
