@@ -126,7 +126,3 @@ class StreamCounter:
                     del self._open[ip]
 
         return release
-
-    def open_streams(self, ip: str) -> int:
-        with self._lock:
-            return self._open[ip]

@@ -350,8 +350,7 @@ class RoomStore:
                 shown = self.online(roomid)
                 yield Presence(shown)
                 now = time.monotonic()
-                next_keepalive, next_check = now + keepalive, now + PRESENCE_CHECK
-                next_renewal = now + PRESENCE_RENEW
+                next_keepalive, next_renewal = now + keepalive, now + PRESENCE_RENEW
                 while True:
                     batch = self._messages_after(roomid, cursor, generation)
                     for stored in batch:
@@ -362,9 +361,7 @@ class RoomStore:
                     if len(batch) == REPLAY_BATCH:
                         continue
                     now = time.monotonic()
-                    if now >= next_check:
-                        next_check = now + PRESENCE_CHECK
-                    online = self.online(roomid)
+                    online = self.online(roomid)  # may change by expiry or elsewhere
                     if online != shown:
                         shown = online
                         next_keepalive = now + keepalive
@@ -375,7 +372,7 @@ class RoomStore:
                     if now >= next_keepalive:
                         next_keepalive = now + keepalive
                         yield None
-                    wake_at = min(next_keepalive, next_check, next_renewal)
+                    wake_at = min(next_keepalive, now + PRESENCE_CHECK, next_renewal)
                     generation = self.signals.wait(roomid, generation, wake_at - time.monotonic())
             finally:
                 if username is not None:

@@ -349,17 +349,13 @@ class SqliteBackend:
         return _message((row_id, item.username, item.text, stamp)), True
 
     def recent_messages(self, roomid: str, limit: int) -> list[StoredMessage]:
-        rows = self._read(
-            lambda c: c.execute(
-                "SELECT id, username, body, posted_at_us FROM messages"
-                " WHERE room_id = ? ORDER BY id DESC LIMIT ?",
-                (roomid, max(limit, 0)),
-            ).fetchall()
-        )
-        return [_message(row) for row in reversed(rows)]
+        return self._older_than(roomid, 2**63 - 1, limit)
 
     def messages_before(self, roomid: str, before: str, limit: int) -> list[StoredMessage]:
-        cut = parse_sequence_id(before)
+        return self._older_than(roomid, parse_sequence_id(before), limit)
+
+    def _older_than(self, roomid: str, cut: int, limit: int) -> list[StoredMessage]:
+        """The `limit` messages just below id `cut`, oldest first."""
         rows = self._read(
             lambda c: c.execute(
                 "SELECT id, username, body, posted_at_us FROM messages WHERE room_id = ? AND id < ?"
