@@ -279,7 +279,9 @@ def many_rooms(store: RoomStore, count: int) -> None:
 # The whole run
 
 
-def run_store(kind: str, store_url: str, rounds: int, seconds: int) -> dict[str, Any]:
+def run_store(
+    kind: str, store_url: str, rounds: int, seconds: int, parts: set[str]
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
     store = RoomStore.from_url(store_url, hash_method=CHEAP)
     small = make_room(store, "small")
@@ -287,6 +289,19 @@ def run_store(kind: str, store_url: str, rounds: int, seconds: int) -> dict[str,
         store.post_message(small["roomid"], "bench", small["token"], f"message {n}")
     middle = store.messages(small["roomid"], limit=60).messages[0].id
 
+    if "requests" in parts:
+        results["requests"] = request_figures(store_url, small, middle, rounds, seconds)
+    if kind == "sqlite" and "streams" in parts:
+        results.update(stream_figures(store_url, store))
+    if "growth" in parts:
+        results["growth"] = growth_figures(store_url, store, small, middle, rounds, seconds)
+    store.close()
+    return results
+
+
+def request_figures(
+    store_url: str, small: dict[str, str], middle: str, rounds: int, seconds: int
+) -> dict[str, dict[str, float]]:
     with gunicorn(store_url, workers=1) as service:
         etag = urllib.request.urlopen(f"{service.url}/{small['roomid']}/get_conversation").headers[
             "ETag"
@@ -304,38 +319,45 @@ def run_store(kind: str, store_url: str, rounds: int, seconds: int) -> dict[str,
                 "env": {"ROOM": small["roomid"], "USERNAME": "bench", "TOKEN": small["token"]},
             },
         }
-        results["requests"] = measure_routes(service.url, routes, rounds, seconds)
+        return measure_routes(service.url, routes, rounds, seconds)
 
-    if kind == "sqlite":
-        with gunicorn(store_url, workers=1, FLASKCHAT_SSE_KEEPALIVE="3") as service:
-            fan = make_room(store, "fan-out")
-            results["fan_out"] = {n: fan_out_figures(service, fan, n) for n in (100, 1000, 5000)}
-            churn = []
-            for _ in range(5):
-                churn.append(fan_out_figures(service, fan, 1000))
-                time.sleep(4)  # dead streams are noticed at the next keep-alive
-            results["churn"] = churn
 
-            store.register(fan["roomid"], "visitor", PASSWORD)  # logs in and out all the time
+def stream_figures(store_url: str, store: RoomStore) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    with gunicorn(store_url, workers=1, FLASKCHAT_SSE_KEEPALIVE="3") as service:
+        fan = make_room(store, "fan-out")
+        results["fan_out"] = {n: fan_out_figures(service, fan, n) for n in (100, 1000, 5000)}
+        churn = []
+        for _ in range(5):
+            churn.append(fan_out_figures(service, fan, 1000))
+            time.sleep(4)  # dead streams are noticed at the next keep-alive
+        results["churn"] = churn
 
-            def logins(stop: threading.Event) -> None:
-                body = {"username": "visitor", "password": PASSWORD}
-                while not stop.is_set():
-                    path = f"/{fan['roomid']}/login"
-                    threading.Thread(target=call, args=(service.url, path, body)).start()
-                    stop.wait(0.2)
+        store.register(fan["roomid"], "visitor", PASSWORD)  # logs in and out all the time
 
-            results["interference"] = {
-                "without": fan_out_figures(service, fan, 1000),
-                "with_5_logins_per_s": fan_out_figures(service, fan, 1000, during=logins),
-            }
+        def logins(stop: threading.Event) -> None:
+            body = {"username": "visitor", "password": PASSWORD}
+            while not stop.is_set():
+                path = f"/{fan['roomid']}/login"
+                threading.Thread(target=call, args=(service.url, path, body)).start()
+                stop.wait(0.2)
 
+        results["interference"] = {
+            "without": fan_out_figures(service, fan, 1000),
+            "with_5_logins_per_s": fan_out_figures(service, fan, 1000, during=logins),
+        }
+    return results
+
+
+def growth_figures(
+    store_url: str, store: RoomStore, small: dict[str, str], middle: str, rounds: int, seconds: int
+) -> dict[str, dict[str, float]]:
     big = make_room(store, "big")
     fill(store, big, 1_000_000)
     many_rooms(store, 10_000)
     big_middle = store.messages(big["roomid"], limit=200).messages[0].id
     with gunicorn(store_url, workers=1) as service:
-        results["growth"] = measure_routes(
+        return measure_routes(
             service.url,
             {
                 "small_get_conversation": {"path": f"/{small['roomid']}/get_conversation"},
@@ -346,57 +368,73 @@ def run_store(kind: str, store_url: str, rounds: int, seconds: int) -> dict[str,
             rounds,
             seconds,
         )
-    store.close()
-    return results
 
 
 def table(results: dict[str, Any]) -> str:
     rows = ["| store | figure | value | ratio / target |", "|---|---|---|---|"]
     for kind, figures in results.items():
-        req = figures["requests"]
-        rows.append(
-            f"| {kind} | floor (no-op route) | {req['floor']['rps']:.0f} req/s, "
-            f"p50 {req['floor']['p50_ms']:.1f} ms, p99 {req['floor']['p99_ms']:.1f} ms | 1.00 |"
-        )
-        for name in ("get_conversation", "get_conversation_304", "messages_before", "message_post"):
-            r = req[name]
-            rows.append(
-                f"| {kind} | {name} | {r['rps']:.0f} req/s, p50 {r['p50_ms']:.1f} ms, "
-                f"p99 {r['p99_ms']:.1f} ms | {r['ratio']:.2f} × floor |"
-            )
-        growth = figures["growth"]
-        for what in ("get_conversation", "messages_before"):
-            small, big = growth[f"small_{what}"], growth[f"big_{what}"]
-            rows.append(
-                f"| {kind} | growth {what}: p50 with 10^6 vs 10^2 messages | "
-                f"{big['p50_ms']:.2f} vs {small['p50_ms']:.2f} ms | "
-                f"{big['p50_ms'] / small['p50_ms']:.2f} × |"
-            )
-        for n, fan in figures.get("fan_out", {}).items():
-            rows.append(
-                f"| {kind} | fan-out to {n} streams, one worker | p50 {fan['p50_ms']:.1f} ms, "
-                f"p99 {fan['p99_ms']:.1f} ms, max {fan['max_ms']:.1f} ms | "
-                f"{fan['kb_per_stream']:.1f} KB per stream |"
-            )
-        if "churn" in figures:
-            first, last = figures["churn"][0], figures["churn"][-1]
-            rows.append(
-                f"| {kind} | churn: 5 rounds of 1,000 streams, last vs first | "
-                f"p99 {last['p99_ms']:.1f} vs {first['p99_ms']:.1f} ms, "
-                f"RSS {last['worker_rss_kb']} vs {first['worker_rss_kb']} KB | "
-                f"{last['p99_ms'] / first['p99_ms']:.2f} × p99, "
-                f"{last['worker_rss_kb'] / first['worker_rss_kb']:.2f} × RSS |"
-            )
-        if "interference" in figures:
-            calm, busy = (
-                figures["interference"]["without"],
-                figures["interference"]["with_5_logins_per_s"],
-            )
-            rows.append(
-                f"| {kind} | fan-out p99 to 1,000 with 5 logins/s | {busy['p99_ms']:.1f} vs "
-                f"{calm['p99_ms']:.1f} ms | {busy['p99_ms'] / calm['p99_ms']:.2f} × |"
-            )
+        req = figures.get("requests")
+        if req:
+            rows += request_rows(kind, req)
+        growth = figures.get("growth")
+        if growth:
+            rows += growth_rows(kind, growth)
+        rows += stream_rows(kind, figures)
     return "\n".join(rows)
+
+
+def request_rows(kind: str, req: dict[str, dict[str, float]]) -> list[str]:
+    floor = req["floor"]
+    rows = [
+        f"| {kind} | floor (no-op route) | {floor['rps']:.0f} req/s, "
+        f"p50 {floor['p50_ms']:.1f} ms, p99 {floor['p99_ms']:.1f} ms | 1.00 |"
+    ]
+    for name in ("get_conversation", "get_conversation_304", "messages_before", "message_post"):
+        r = req[name]
+        rows.append(
+            f"| {kind} | {name} | {r['rps']:.0f} req/s, p50 {r['p50_ms']:.1f} ms, "
+            f"p99 {r['p99_ms']:.1f} ms | {r['ratio']:.2f} × floor |"
+        )
+    return rows
+
+
+def growth_rows(kind: str, growth: dict[str, dict[str, float]]) -> list[str]:
+    rows = []
+    for what in ("get_conversation", "messages_before"):
+        small, big = growth[f"small_{what}"], growth[f"big_{what}"]
+        rows.append(
+            f"| {kind} | growth {what}: p50 with 10^6 vs 10^2 messages | "
+            f"{big['p50_ms']:.2f} vs {small['p50_ms']:.2f} ms | "
+            f"{big['p50_ms'] / small['p50_ms']:.2f} × |"
+        )
+    return rows
+
+
+def stream_rows(kind: str, figures: dict[str, Any]) -> list[str]:
+    rows = []
+    for n, fan in figures.get("fan_out", {}).items():
+        rows.append(
+            f"| {kind} | fan-out to {n} streams, one worker | p50 {fan['p50_ms']:.1f} ms, "
+            f"p99 {fan['p99_ms']:.1f} ms, max {fan['max_ms']:.1f} ms | "
+            f"{fan['kb_per_stream']:.1f} KB per stream |"
+        )
+    if "churn" in figures:
+        first, last = figures["churn"][0], figures["churn"][-1]
+        rows.append(
+            f"| {kind} | churn: 5 rounds of 1,000 streams, last vs first | "
+            f"p99 {last['p99_ms']:.1f} vs {first['p99_ms']:.1f} ms, "
+            f"RSS {last['worker_rss_kb']} vs {first['worker_rss_kb']} KB | "
+            f"{last['p99_ms'] / first['p99_ms']:.2f} × p99, "
+            f"{last['worker_rss_kb'] / first['worker_rss_kb']:.2f} × RSS |"
+        )
+    if "interference" in figures:
+        calm = figures["interference"]["without"]
+        busy = figures["interference"]["with_5_logins_per_s"]
+        rows.append(
+            f"| {kind} | fan-out p99 to 1,000 with 5 logins/s | {busy['p99_ms']:.1f} vs "
+            f"{calm['p99_ms']:.1f} ms | {busy['p99_ms'] / calm['p99_ms']:.2f} × |"
+        )
+    return rows
 
 
 def main() -> None:
@@ -405,7 +443,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--out", default="bench-results.json")
     parser.add_argument("--stores", default="sqlite,redis")
+    parser.add_argument(
+        "--parts", default="requests,streams,growth", help="which figures to measure"
+    )
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     for tool in ("wrk", "redis-server"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is needed: apt-get install wrk redis-server")
@@ -416,7 +458,7 @@ def main() -> None:
         for kind in args.stores.split(","):
             if kind == "sqlite":
                 results[kind] = run_store(
-                    kind, f"sqlite:///{work}/bench.sqlite3", args.rounds, args.seconds
+                    kind, f"sqlite:///{work}/bench.sqlite3", args.rounds, args.seconds, parts
                 )
             else:
                 directory = Path(work) / "redis"
@@ -425,7 +467,9 @@ def main() -> None:
                 redis.argv[redis.argv.index("always")] = "everysec"
                 redis.start()
                 try:
-                    results[kind] = run_store(kind, redis.redis_url, args.rounds, args.seconds)
+                    results[kind] = run_store(
+                        kind, redis.redis_url, args.rounds, args.seconds, parts
+                    )
                 finally:
                     redis.stop()
     Path(args.out).write_text(json.dumps(results, indent=2))
