@@ -10,10 +10,11 @@ from .errors import (
     StoreUnavailable,
     UsernameTaken,
 )
-from .store import Message, RoomStore
+from .store import Conversation, Message, RoomStore
 
 __all__ = [
     "AuthenticationFailed",
+    "Conversation",
     "InvalidInput",
     "LimitReached",
     "Message",

@@ -75,6 +75,15 @@ class Page:
 
 
 @dataclass(frozen=True, slots=True)
+class Conversation:
+    """The seed's conversation at one moment: the same object comes back while
+    the room is unchanged, so callers may key their own caches on it."""
+
+    version: tuple[str | None, int]  # the room's newest id, and the line limit
+    lines: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Presence:
     """Who has an open event stream in the room right now."""
 
@@ -124,7 +133,7 @@ class RoomStore:
         # and the last read of each room's listeners.
         self._formatted: dict[StoredMessage, Message] = {}
         self._names: dict[tuple[str, str], str] = {}
-        self._conversations: dict[str, tuple[tuple[str | None, int], list[str]]] = {}
+        self._conversations: dict[str, Conversation] = {}
         self._wakeups: dict[tuple[str, str | None], tuple[int, float, list[StoredMessage]]] = {}
         self._online_cache: dict[str, tuple[float, list[str]]] = {}
 
@@ -239,22 +248,25 @@ class RoomStore:
         return self._message(stored)
 
     def conversation(self, roomid: str, limit: int | None = None) -> list[str]:
-        """The seed's `get_conversation`: the last lines, oldest first.
+        """The seed's `get_conversation`: the last lines, oldest first."""
+        return list(self.conversation_snapshot(roomid, limit).lines)
 
-        Messages are only ever appended, so the room's newest id decides the
-        answer: while it stays the same, the lines come from memory.
-        """
+    def conversation_snapshot(self, roomid: str, limit: int | None = None) -> Conversation:
+        """The last lines with the version they belong to. Messages are only ever
+        appended, so the room's newest id decides the answer: while it stays the
+        same, the snapshot comes from memory."""
         self.alias(roomid)
         limit = self.conversation_limit if limit is None else limit
-        newest = self.backend.latest_message_id(roomid)
+        version = (self.backend.latest_message_id(roomid), limit)
         cached = self._conversations.get(roomid)
-        if cached is not None and cached[0] == (newest, limit):
-            return list(cached[1])  # a copy: callers may change what they get
-        lines = [self._message(m).line for m in self.backend.recent_messages(roomid, limit)]
-        if lines and len(self._conversations) >= CACHE_SIZE:
+        if cached is not None and cached.version == version:
+            return cached
+        recent = self.backend.recent_messages(roomid, limit)
+        snapshot = Conversation(version, tuple(self._message(m).line for m in recent))
+        if len(self._conversations) >= CACHE_SIZE:
             self._conversations.clear()
-        self._conversations[roomid] = ((newest, limit), lines)
-        return list(lines)
+        self._conversations[roomid] = snapshot
+        return snapshot
 
     def messages(
         self,

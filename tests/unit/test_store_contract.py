@@ -80,6 +80,31 @@ def test_conversation_is_the_last_fifty_oldest_first(room_store: RoomStore) -> N
     ]
 
 
+def test_a_conversation_snapshot_is_reused_until_the_room_changes(
+    room_store: RoomStore, backend_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    roomid = room_store.create_room("snap")
+    token = joined(room_store, roomid, "alice")
+    room_store.post_message(roomid, "alice", token, "one")
+    first = room_store.conversation_snapshot(roomid)
+    assert room_store.conversation_snapshot(roomid) is first
+    assert [LINE.match(line)["text"] for line in first.lines] == ["one"]  # type: ignore[index]
+    room_store.post_message(roomid, "alice", token, "two")
+    second = room_store.conversation_snapshot(roomid)
+    assert second.version != first.version and len(second.lines) == 2
+    assert room_store.conversation_snapshot(roomid, limit=1).lines == second.lines[-1:]
+    if backend_kind == "memory":
+        return
+    # A write by another store on the same data (another process) is seen at once.
+    other = RoomStore.from_url(backend_url(backend_kind, request, tmp_path))
+    try:
+        other.post_message(roomid, "alice", token, "three")
+    finally:
+        other.close()
+    third = room_store.conversation_snapshot(roomid)
+    assert [LINE.match(line)["text"] for line in third.lines] == ["one", "two", "three"]  # type: ignore[index]
+
+
 def test_rooms_do_not_share_users_or_messages(room_store: RoomStore) -> None:
     room_a, room_b = room_store.create_room("A"), room_store.create_room("B")
     token = joined(room_store, room_a, "tom1")

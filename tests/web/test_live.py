@@ -283,6 +283,23 @@ def test_get_conversation_answers_304_while_nothing_changed(
     post_all(chat, roomid, token, ["two"])
     changed = chat.client.get(f"/{roomid}/get_conversation", headers={"If-None-Match": etag})
     assert changed.status_code == 200 and len(changed.json) == 2
+    assert changed.headers["ETag"] != etag
+
+
+def test_get_conversation_etags_compare_weakly_and_304s_keep_the_tag(
+    chat: ChatActions, room: tuple[str, str]
+) -> None:
+    roomid, token = room
+    post_all(chat, roomid, token, ["one"])
+    etag = chat.client.get(f"/{roomid}/get_conversation").headers["ETag"]
+    for sent in (f"W/{etag}", f'"other", {etag}', "*"):
+        again = chat.client.get(f"/{roomid}/get_conversation", headers={"If-None-Match": sent})
+        assert again.status_code == 304, sent
+        assert again.headers["ETag"] == etag
+    other = chat.client.get(f"/{roomid}/get_conversation", headers={"If-None-Match": '"x"'})
+    assert other.status_code == 200 and other.json[-1].endswith("<alice> one")
+    head = chat.client.open(f"/{roomid}/get_conversation", method="HEAD")
+    assert head.status_code == 200 and head.data == b"" and head.headers["ETag"] == etag
 
 
 def test_a_retried_send_is_stored_once(chat: ChatActions, room: tuple[str, str]) -> None:
