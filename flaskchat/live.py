@@ -7,13 +7,14 @@ library is monkey-patched, so the same locks and threads become greenlets.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .backends import Backend
 from .errors import StoreUnavailable
@@ -97,12 +98,35 @@ class RoomSignals:
                 self.notify(roomid)
 
 
+def _gevent_patched() -> bool:
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and bool(monkey.is_module_patched("threading"))
+
+
 def run_cpu_bound(function: Callable[..., T], *args: object) -> T:
     """Call `function` in a real thread when gevent has patched this process, so a
     0.1 s scrypt hash does not stall every other connection of the worker."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None and monkey.is_module_patched("threading"):
+    if _gevent_patched():
         import gevent
 
         return gevent.get_hub().threadpool.apply(function, args)  # type: ignore[no-any-return]
     return function(*args)
+
+
+class BlockingCalls:
+    """One real thread of its own for calls that wait on the disk, under gevent; a
+    plain call otherwise. Its own thread, not the hub's pool, so that a queue of
+    password hashes never holds it up. Made anew in each forked worker."""
+
+    def __init__(self) -> None:
+        self._pool: Any = None
+        self._pid = 0
+
+    def run(self, function: Callable[..., T], *args: object) -> T:
+        if not _gevent_patched():
+            return function(*args)
+        if self._pool is None or self._pid != os.getpid():
+            from gevent.threadpool import ThreadPool
+
+            self._pool, self._pid = ThreadPool(1), os.getpid()
+        return self._pool.apply(function, args)  # type: ignore[no-any-return]
