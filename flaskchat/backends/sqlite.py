@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..errors import StoreUnavailable
-from ..live import BlockingCalls
+from ..live import ThreadCalls
 from .base import RoomDump, StoredMessage, UserRecord, parse_sequence_id
 
 T = TypeVar("T")
@@ -140,7 +140,7 @@ class SqliteBackend:
         self._queue: list[_PendingAppend] = []
         self._committed: list[_PendingAppend] = []
         # COMMIT waits for fsync: on a slow disk, in a thread of its own (`_commit`).
-        self._blocking = BlockingCalls()
+        self._commit_thread = ThreadCalls(size=1)
         self._commit_seconds = 0.0
         # The connection for reads (see `_read`), made on first use in each process.
         self._read_lock = threading.Lock()
@@ -233,7 +233,7 @@ class SqliteBackend:
         and the appends that arrive queue up for the next group commit instead of
         each waiting for the disk in turn."""
         if self._commit_seconds > SLOW_COMMIT:
-            self._blocking.run(self._timed_commit, conn)
+            self._commit_thread.run(self._timed_commit, conn)
         else:
             self._timed_commit(conn)
 
