@@ -247,6 +247,22 @@ def fan_out_figures(
         stop.set()
 
 
+# Five logins a second, each in a thread of its own, until terminated.
+LOGIN_LOOP = """
+import sys, threading, time, urllib.request
+
+url, body = sys.argv[1], sys.argv[2].encode()
+
+def login():
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=30).read()
+
+while True:
+    threading.Thread(target=login, daemon=True).start()
+    time.sleep(0.2)
+"""
+
+
 # Data
 
 
@@ -336,11 +352,14 @@ def stream_figures(store_url: str, store: RoomStore) -> dict[str, Any]:
         store.register(fan["roomid"], "visitor", PASSWORD)  # logs in and out all the time
 
         def logins(stop: threading.Event) -> None:
-            body = {"username": "visitor", "password": PASSWORD}
-            while not stop.is_set():
-                path = f"/{fan['roomid']}/login"
-                threading.Thread(target=call, args=(service.url, path, body)).start()
-                stop.wait(0.2)
+            """Logins from a process of their own, so that they load the server and
+            not the client that measures the fan-out."""
+            body = json.dumps({"username": "visitor", "password": PASSWORD})
+            url = f"{service.url}/{fan['roomid']}/login"
+            process = subprocess.Popen([sys.executable, "-c", LOGIN_LOOP, url, body])
+            stop.wait()
+            process.terminate()
+            process.wait()
 
         results["interference"] = {
             "without": fan_out_figures(service, fan, 1000),
