@@ -115,8 +115,10 @@ def get_conversation(roomid: str) -> Response:
 
 @lru_cache(maxsize=1024)
 def encoded_conversation(snapshot: Conversation) -> tuple[bytes, str]:
-    """The reply body and its ETag, built once per snapshot however often polled."""
-    body = (current_app.json.dumps(list(snapshot.lines)) + "\n").encode()
+    """The reply body and its ETag, built once per snapshot however often polled.
+    The body is what `jsonify` sends in production (compact, ASCII-escaped); it
+    depends on nothing but the snapshot, as a cache shared by every app must."""
+    body = (json.dumps(list(snapshot.lines), separators=(",", ":")) + "\n").encode()
     return body, hashlib.blake2b(body, digest_size=16).hexdigest()
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Flask, jsonify
 
 import flaskchat.store
 from flaskchat import RoomStore
@@ -284,6 +284,20 @@ def test_get_conversation_answers_304_while_nothing_changed(
     changed = chat.client.get(f"/{roomid}/get_conversation", headers={"If-None-Match": etag})
     assert changed.status_code == 200 and len(changed.json) == 2
     assert changed.headers["ETag"] != etag
+
+
+def test_get_conversation_sends_what_jsonify_would(
+    app: Flask, chat: ChatActions, room: tuple[str, str]
+) -> None:
+    """The cached body keeps the reply byte for byte as the seed's `jsonify` gave it,
+    with text that JSON must escape."""
+    roomid, token = room
+    post_all(chat, roomid, token, ['é "quoted" <b>', "\\ back\tslash 😀"])
+    response = chat.client.get(f"/{roomid}/get_conversation")
+    with app.app_context():
+        expected = jsonify(response.json).get_data()
+    assert response.data == expected
+    assert response.mimetype == "application/json"
 
 
 def test_get_conversation_etags_compare_weakly_and_304s_keep_the_tag(
