@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 
 from flaskchat.live import run_cpu_bound
 
@@ -58,5 +59,6 @@ def test_cpu_bound_work_runs_in_a_low_priority_thread_under_gevent() -> None:
     assert result["ticks"] >= 10  # the loop kept running during 0.2 s of CPU work
 
 
-def test_without_gevent_it_is_a_plain_call() -> None:
+def test_without_gevent_it_is_a_plain_call_in_the_calling_thread() -> None:
     assert run_cpu_bound(divmod, 7, 2) == (3, 1)
+    assert run_cpu_bound(threading.get_native_id) == threading.get_native_id()
