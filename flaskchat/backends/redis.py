@@ -82,8 +82,8 @@ def _connection_class() -> type[Any]:
     gevent, redis-py's `select.poll` is gevent's, which goes through the event
     loop: on a one-command request that check cost as much as the command
     (profile of `get_conversation`). A zero-timeout poll never blocks, so the
-    system's own is used; only a connection with something to read takes
-    redis-py's full check.
+    system's own is used. Only when the hiredis reader holds nothing either is the
+    connection clean at once; anything else takes redis-py's full check.
     """
     import select
 
@@ -97,10 +97,11 @@ def _connection_class() -> type[Any]:
     class Connection(redis.Connection):
         def can_read(self, timeout: float = 0) -> bool:
             sock = self._sock
-            if timeout == 0 and sock is not None:
+            reader = getattr(self._parser, "_reader", None)  # hiredis's, when used
+            if timeout == 0 and sock is not None and reader is not None:
                 poller = poll()
                 poller.register(sock.fileno(), select.POLLIN)
-                if not poller.poll(0):
+                if not reader.has_data() and not poller.poll(0):
                     return False
             return bool(super().can_read(timeout))
 
