@@ -1,13 +1,18 @@
 """What only the Redis backend adds to redis-py: a cheaper "unread data?" check on
-its pooled connections, which must still see every unread reply."""
+its pooled connections, which must still see every unread reply, and bare
+connections for the hot commands, which must never lend a broken or shared one."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
+import redis
 
+from flaskchat import StoreUnavailable
 from flaskchat.backends.redis import RedisBackend
 from flaskchat.rules import new_roomid
 
@@ -51,3 +56,106 @@ def test_can_read_sees_replies_on_the_socket_and_in_the_reader(backend: RedisBac
         assert connection.can_read() is False
     finally:
         pool.release(connection)
+
+
+def post(backend: RedisBackend, roomid: str, text: str) -> str:
+    stored, created = backend.append_message(
+        roomid, "alice", "alice", text, datetime.now(UTC), None
+    )
+    assert created
+    return stored.id
+
+
+def own_connection_id(backend: RedisBackend) -> int:
+    """The server's id for the connection the hot commands use next."""
+    return int(backend._command("CLIENT", "ID"))
+
+
+def test_hot_commands_reuse_one_connection(backend: RedisBackend) -> None:
+    roomid = new_roomid()
+    backend.create_room(roomid, "busy")
+    first = own_connection_id(backend)
+    newest = post(backend, roomid, "hello")
+    assert backend.latest_message_id(roomid) == newest
+    assert [m.text for m in backend.recent_messages(roomid, 5)] == ["hello"]
+    assert own_connection_id(backend) == first
+
+
+def test_a_connection_the_server_closed_is_replaced_unnoticed(backend: RedisBackend) -> None:
+    roomid = new_roomid()
+    backend.create_room(roomid, "restarted")
+    newest = post(backend, roomid, "before")
+    killed = own_connection_id(backend)
+    backend.client.client_kill_filter(_id=killed)
+    time.sleep(0.05)
+    assert backend.latest_message_id(roomid) == newest  # no 503 for a stale connection
+    assert own_connection_id(backend) != killed
+
+
+def test_an_error_reply_keeps_its_connection(backend: RedisBackend) -> None:
+    roomid = new_roomid()
+    backend.create_room(roomid, "failing")
+    before = own_connection_id(backend)
+    with pytest.raises(redis.ResponseError):  # a hash is not a stream
+        backend._command("XRANGE", f"flaskchat:{{{roomid}}}:room", "-", "+")
+    assert own_connection_id(backend) == before
+    assert backend.latest_message_id(roomid) is None
+
+
+def test_an_interrupted_command_never_leaves_its_reply_to_the_next(redis_url: str) -> None:
+    backend = RedisBackend(redis_url)
+    assert backend._connections is not None
+    backend._connections._options["socket_timeout"] = 0.2
+    try:
+        roomid = new_roomid()
+        backend.create_room(roomid, "slow")
+        before = own_connection_id(backend)
+        with pytest.raises(StoreUnavailable):  # the reply comes after the timeout
+            backend._command("BLPOP", f"flaskchat:{{{roomid}}}:empty", "0.4")
+        time.sleep(0.3)  # the late reply has been sent by now
+        assert own_connection_id(backend) != before
+        assert backend.latest_message_id(roomid) is None
+    finally:
+        backend.close()
+
+
+def test_a_flushed_script_cache_is_filled_again(backend: RedisBackend) -> None:
+    roomid = new_roomid()
+    backend.create_room(roomid, "flushed")
+    post(backend, roomid, "one")
+    backend.client.script_flush()
+    newest = post(backend, roomid, "two")
+    assert backend.latest_message_id(roomid) == newest
+
+
+def test_a_forked_child_opens_connections_of_its_own(backend: RedisBackend) -> None:
+    parent = own_connection_id(backend)
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (runs in the child)
+        try:
+            os.write(writer, str(own_connection_id(backend)).encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    answer = os.read(reader, 100)
+    os.close(reader)
+    os.waitpid(child, 0)
+    assert int(answer) != parent
+    assert own_connection_id(backend) == parent  # the parent's is untouched
+
+
+def test_other_clients_go_through_redis_py(redis_url: str) -> None:
+    pool = redis.BlockingConnectionPool.from_url(redis_url, decode_responses=True)
+    backend = RedisBackend(client=redis.Redis(connection_pool=pool))
+    try:
+        assert backend._connections is None
+        roomid = new_roomid()
+        backend.create_room(roomid, "handed over")
+        newest = post(backend, roomid, "hi")
+        assert backend.latest_message_id(roomid) == newest
+        assert [m.text for m in backend.messages_after(roomid, None, 5)] == ["hi"]
+        assert backend.token_digests(roomid, "alice") == []
+    finally:
+        backend.close()
+        pool.disconnect()  # a pool handed over is the caller's to close
