@@ -38,6 +38,8 @@ from support import RedisServer, Service, free_port  # noqa: E402
 
 PASSWORD = "correct horse battery"
 CHEAP = "scrypt:1024:8:1"
+# Messages sent to each set of open streams; their median is the figure.
+FAN_OUT_ROUNDS = 15
 
 
 # Servers
@@ -234,7 +236,9 @@ def fan_out_figures(
         listeners = await open_listeners(service.port, f"/{room['roomid']}/events", count)
         await asyncio.sleep(1.0)
         after = rss_kb(worker)
-        rounds = [await fan_out(service, room, listeners) for _ in range(5)]
+        # A p99 over 1,000 streams moves by 40-75 ms between single messages on
+        # two shared cores; the median of 15 holds still enough to compare.
+        rounds = [await fan_out(service, room, listeners) for _ in range(FAN_OUT_ROUNDS)]
         for listener in listeners:
             listener.close()
         figures = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
