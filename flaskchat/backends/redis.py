@@ -182,8 +182,8 @@ class Connections:
 
 class RedisBackend:
     """Thread- and gevent-safe: redis-py's connection pool, or `Connections` for
-    the hot commands, hands each caller its own connection. Lost connections surface as `StoreUnavailable` (503) and the pool
-    reconnects on the next call."""
+    the hot commands, hands each caller its own connection. Lost connections
+    surface as `StoreUnavailable` (503) and are made again on the next call."""
 
     def __init__(self, url: str | None = None, *, client: Redis | None = None) -> None:
         if client is None:
