@@ -9,7 +9,6 @@ other instead of failing. The schema version lives in `PRAGMA user_version`;
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
 import sqlite3
 import struct
@@ -295,7 +294,7 @@ class SqliteBackend:
             check_same_thread=False,
         )
         conn.execute("PRAGMA query_only = ON")
-        conn.execute("PRAGMA user_version").fetchone()  # maps the wal-index for good
+        conn.execute("PRAGMA user_version").fetchone()  # opens the wal-index for good
         return conn
 
     def create_room(self, roomid: str, alias: str) -> bool:
@@ -449,8 +448,8 @@ class SqliteBackend:
     def latest_message_id(self, roomid: str) -> str | None:
         """Asked on every `get_conversation` poll, so it is answered from memory
         while no connection of any process has committed since the id was read:
-        every WAL commit rewrites the wal-index header, which is one memory read
-        away, where the query took a quarter of the poll's time (profile)."""
+        every WAL commit rewrites the wal-index header, which one `pread` gets,
+        where the query took a quarter of the poll's time (profile)."""
         wal_index = self._wal_index
         seen, latest = self._latest  # a full dict is replaced, never emptied
         fresh = wal_index is not None and seen is not None and wal_index.header() == seen
@@ -622,7 +621,6 @@ class SqliteBackend:
             if self._reader is not None and self._reader_pid == os.getpid():
                 self._reader.close()
             self._reader = None
-            # Not unmapped here: a call without the lock may still be reading it.
             self._wal_index, self._latest = None, (None, {})
         with self._watch_lock:
             if self._watch is not None and self._watch[0] == os.getpid():
@@ -635,37 +633,73 @@ class SqliteBackend:
 
 
 class WalIndex:
-    """A read-only view of the wal-index header that SQLite keeps in the `-shm`
-    file. Each WAL commit rewrites it (new frame count, checksums), so while it
-    reads the same, nothing was committed; it is what `PRAGMA data_version`
-    looks at, without a trip through SQLite. The file stays in place while any
-    connection holds the database open, as the reader does for as long as this
-    view is used."""
+    """A read-only look at the wal-index header that SQLite keeps at the start of
+    the `-shm` file. Each WAL commit rewrites it (new frame count, checksums),
+    so while it reads the same, nothing was committed; it is what `PRAGMA
+    data_version` looks at, without a trip through SQLite.
 
-    def __init__(self, view: mmap.mmap) -> None:
-        self._view = view
+    The file is read with `pread` through a descriptor that stays open for as
+    long as the file is in place: closing any descriptor of a file drops every
+    POSIX lock the process holds on it, SQLite's own included
+    (sqlite.org/howtocorrupt.html, 2.2), and a mapping would close its copy of
+    the descriptor whenever it is collected."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
 
     @classmethod
     def open(cls, path: Path) -> WalIndex | None:
-        """None where the header cannot be mapped: callers then ask SQLite."""
+        """None where the header cannot be read: callers then ask SQLite. Call it
+        while a connection of this process holds the database open, so that the
+        file at the path is the one SQLite uses."""
+        name = f"{path}-shm"
         try:
-            with open(f"{path}-shm", "rb") as file:
-                if os.fstat(file.fileno()).st_size < 2 * WAL_HEADER:
-                    return None
-                view = mmap.mmap(
-                    file.fileno(), 2 * WAL_HEADER, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ
-                )
-        except (OSError, ValueError, AttributeError):  # no file, or no such mmap
+            with _SHM_LOCK:
+                fd = _SHM_FILES.get(name)
+                if fd is None or not _still_at(name, fd):
+                    _forget_replaced_files()
+                    if len(_SHM_FILES) >= SHM_FILES_MAX:
+                        return None
+                    fd = _SHM_FILES[name] = os.open(name, os.O_RDONLY)
+            index = cls(fd)
+            return index if index.header() is not None else None
+        except (OSError, AttributeError):  # no file, or no pread on this system
             return None
-        index = cls(view)
-        return index if index.header() is not None else None
 
     def header(self) -> bytes | None:
         """The header, or None while it is being rewritten (its two copies differ)
         or not in the format this code knows."""
-        header = self._view[:WAL_HEADER]
-        if header != self._view[WAL_HEADER : 2 * WAL_HEADER]:
+        try:
+            both = os.pread(self._fd, 2 * WAL_HEADER, 0)
+        except OSError:
+            return None
+        header = both[:WAL_HEADER]
+        if len(both) < 2 * WAL_HEADER or header != both[WAL_HEADER:]:
             return None
         if struct.unpack_from("=I", header)[0] != WAL_INDEX_VERSION or header[12] != 1:
             return None
         return header
+
+
+# Descriptors of `-shm` files by path, for `WalIndex`, and how many databases a
+# process reads that way (the others are asked through SQLite).
+_SHM_FILES: dict[str, int] = {}
+_SHM_LOCK = threading.Lock()
+SHM_FILES_MAX = 64
+
+
+def _still_at(name: str, fd: int) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(name))
+    except OSError:
+        return False
+
+
+def _forget_replaced_files() -> None:
+    """Close the descriptors of files no longer at their path. SQLite removes a
+    `-shm` file only once no connection anywhere has it open, so no lock of this
+    process is left on it to drop; a file still in place is never closed."""
+    for name, fd in list(_SHM_FILES.items()):
+        if not _still_at(name, fd):
+            del _SHM_FILES[name]
+            os.close(fd)
