@@ -141,7 +141,8 @@ class Connections:
         from redis import ConnectionPool
 
         pool = getattr(client, "connection_pool", None)
-        if type(pool) is not ConnectionPool or pool.cache is not None:
+        # Not every redis-py release that the extra allows has this attribute.
+        if type(pool) is not ConnectionPool or getattr(pool, "cache", None) is not None:
             return None
         return cls(pool.connection_class, dict(pool.connection_kwargs))
 
