@@ -116,6 +116,13 @@ def _connection_class() -> type[Any]:
 IDLE_CONNECTIONS = 64
 
 
+def _outages() -> tuple[type[Exception], ...]:
+    """What a lost or unreachable server raises (redis-py is imported on use)."""
+    from redis.exceptions import ConnectionError, TimeoutError
+
+    return (ConnectionError, TimeoutError, OSError)
+
+
 class Connections:
     """Connections lent to one command at a time, for the commands every poll and
     post makes. Through the client, each command also went through redis-py's
@@ -127,10 +134,10 @@ class Connections:
     one that fails or is interrupted is closed, never lent again."""
 
     def __init__(self, connection_class: type[Any], options: dict[str, Any]) -> None:
-        from redis.exceptions import ConnectionError, ResponseError, TimeoutError
+        from redis.exceptions import ResponseError
 
         self._class, self._options = connection_class, options
-        self._outages = (ConnectionError, TimeoutError, OSError)
+        self._outages = _outages()
         self._error_reply = ResponseError
         self._idle: list[Any] = []
         self._pid = os.getpid()
@@ -205,10 +212,8 @@ class RedisBackend:
         # redis-py's own annotations cover bytes and str replies alike; with
         # decode_responses every reply here is str, so the client is kept untyped.
         self.client: Any = client
-        from redis.exceptions import ConnectionError, TimeoutError
-
-        self._outages: tuple[type[Exception], ...] = (ConnectionError, TimeoutError, OSError)
-        self._append = client.register_script(APPEND_SCRIPT)
+        self._outages = _outages()
+        self._append_sha = client.register_script(APPEND_SCRIPT).sha
         self._connections = Connections.of(client)
         # Newest stream id this process has seen per watched room.
         self._watched: dict[str, str] = {}
@@ -292,12 +297,10 @@ class RedisBackend:
         return _message(first_id, fields), False
 
     def _run_append(self, keys: list[str], args: list[str]) -> Any:
-        if self._connections is None:
-            return self._call(lambda: self._append(keys=keys, args=args))
         from redis.exceptions import NoScriptError
 
         try:
-            return self._command("EVALSHA", self._append.sha, len(keys), *keys, *args)
+            return self._command("EVALSHA", self._append_sha, len(keys), *keys, *args)
         except NoScriptError:  # a restarted or flushed server: EVAL loads it again
             return self._command("EVAL", APPEND_SCRIPT, len(keys), *keys, *args)
 
