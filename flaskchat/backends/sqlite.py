@@ -649,9 +649,10 @@ class WalIndex:
 
     @classmethod
     def open(cls, path: Path) -> WalIndex | None:
-        """None where the header cannot be read: callers then ask SQLite. Call it
-        while a connection of this process holds the database open, so that the
-        file at the path is the one SQLite uses."""
+        """None where the file cannot be opened: callers then ask SQLite, as they
+        do whenever `header` answers None. Call it while a connection of this
+        process holds the database open, so that the file at the path is the one
+        SQLite uses."""
         name = f"{path}-shm"
         try:
             with _SHM_LOCK:
@@ -661,10 +662,9 @@ class WalIndex:
                     if len(_SHM_FILES) >= SHM_FILES_MAX:
                         return None
                     fd = _SHM_FILES[name] = os.open(name, os.O_RDONLY)
-            index = cls(fd)
-            return index if index.header() is not None else None
-        except (OSError, AttributeError):  # no file, or no pread on this system
+        except OSError:  # no file
             return None
+        return cls(fd) if hasattr(os, "pread") else None
 
     def header(self) -> bytes | None:
         """The header, or None while it is being rewritten (its two copies differ)

@@ -136,8 +136,21 @@ def test_an_untrusted_header_means_asking_sqlite_every_time(tmp_path: Path) -> N
 
 def test_no_index_is_made_without_a_wal_index_file(tmp_path: Path) -> None:
     assert WalIndex.open(tmp_path / "missing.sqlite3") is None
-    (tmp_path / "empty.sqlite3-shm").write_bytes(b"")
-    assert WalIndex.open(tmp_path / "empty.sqlite3") is None
+
+
+def test_a_header_not_ready_when_opened_is_read_once_it_is(tmp_path: Path) -> None:
+    """A header caught mid-write as the reader opens must not turn the shortcut
+    off for the life of the process."""
+    shm = tmp_path / "chat.sqlite3-shm"
+    shm.write_bytes(b"")
+    index = WalIndex.open(tmp_path / "chat.sqlite3")
+    assert index is not None and index.header() is None
+    with open(shm, "r+b") as file:  # written in place, as SQLite does
+        file.write(header() + header(change=8))
+    assert index.header() is None  # torn
+    with open(shm, "r+b") as file:
+        file.write(header() * 2)
+    assert index.header() == header()
 
 
 # Asks for the write lock on the byte every open SQLite connection read-locks in
