@@ -4,6 +4,12 @@ Limits are keyed by the client IP from the socket; `ProxyFix` (set up by
 `create_app` only when `TRUSTED_PROXIES` says so) is what lets a proxy's
 `X-Forwarded-For` change it, so a forged header never moves a budget. Each
 limit's value is a setting, read at request time.
+
+The failed-login lock-out charges every attempt before its password check, so
+guesses sent at once are checked no more often than the budget allows, and
+gives back every attempt that did not fail (`give_back_unfailed`). It counts
+per account and address, so a stranger cannot lock a member out, and per
+account with a larger budget, which slows a guesser with many addresses.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from flask_limiter import Limiter
 from werkzeug.exceptions import HTTPException, TooManyRequests
 
 from . import rules
+from .backends.sqlite import SqliteBackend
 from .errors import InvalidInput
+from .limit_storage import storage_uri, take_back
 
 
 def client_ip() -> str:
@@ -42,8 +50,13 @@ def room_user() -> str:
     try:
         name = rules.username_key(_body_field("username"))
     except InvalidInput:
-        name = "-"
+        name = "?"  # no valid name looks like this
     return f"{roomid}:{name}"
+
+
+def address_and_account() -> str:
+    """Key for the lock-out of one account from one client address."""
+    return f"{client_ip()}|{room_user()}"
 
 
 def setting(name: str) -> Callable[[], str]:
@@ -55,13 +68,18 @@ def answered(status: int) -> Callable[[Response], bool]:
     return lambda response: response.status_code == status
 
 
+# The scope of lock-out limits: charged when a request arrives, given back
+# unless it was answered 401 (see `give_back_unfailed`).
+LOCKOUT = "lockout"
+
 # Which limits guard which endpoint: (setting holding the limit, Flask-Limiter options).
 ROUTE_LIMITS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "lobby.create_room": [("RATELIMIT_CREATEROOM", {})],
     "rooms.register": [("RATELIMIT_REGISTER", {})],
     "rooms.login": [
         ("RATELIMIT_LOGIN", {}),
-        ("RATELIMIT_LOGIN_FAILURES", {"key_func": room_user, "deduct_when": answered(401)}),
+        ("RATELIMIT_LOGIN_FAILURES", {"key_func": address_and_account, "scope": LOCKOUT}),
+        ("RATELIMIT_LOGIN_ACCOUNT", {"key_func": room_user, "scope": LOCKOUT}),
     ],
     "rooms.message": [
         ("RATELIMIT_MESSAGE_IP", {}),
@@ -73,22 +91,54 @@ ROUTE_LIMITS: dict[str, list[tuple[str, dict[str, Any]]]] = {
 
 def init_app(app: Flask) -> None:
     """Give `app` a limiter of its own and put the limits of `ROUTE_LIMITS` on its
-    registered views. Counts are shared through the chat store's Redis when there
-    is one; otherwise through `RATELIMIT_STORAGE_URI` (default: each process
-    counts on its own)."""
-    if "RATELIMIT_STORAGE_URI" not in app.config:
-        store_url = str(app.config["STORE_URL"])
-        shared = store_url.startswith(("redis://", "rediss://"))
-        app.config["RATELIMIT_STORAGE_URI"] = store_url if shared else "memory://"
+    registered views. Counts are shared by every process that uses the same
+    store unless `RATELIMIT_STORAGE_URI` says otherwise (`default_storage_uri`)."""
+    app.config.setdefault("RATELIMIT_STORAGE_URI", default_storage_uri(app))
     limiter = Limiter(client_ip, app=app)
     for endpoint, route_limits in ROUTE_LIMITS.items():
         view: Callable[..., Any] = app.view_functions[endpoint]
         for name, options in route_limits:
             view = limiter.limit(setting(name), **options)(view)
         app.view_functions[endpoint] = view
+    # Runs before the limiter's own hook, so its headers count what was given back.
+    app.after_request(give_back_unfailed)
     # The limits hold the limiter only weakly: the app keeps it alive.
     app.extensions["flaskchat_limiter"] = limiter
     app.extensions["flaskchat_streams"] = StreamCounter()
+
+
+def default_storage_uri(app: Flask) -> str:
+    """Where counts live: beside a SQLite store in a file of their own (every
+    worker of the machine counts together), in the chat store's Redis (every
+    server does), or, for `memory://`, in each process."""
+    store_url = str(app.config["STORE_URL"])
+    if store_url.startswith(("redis://", "rediss://")):
+        return store_url
+    if store_url.startswith("unix://"):
+        return "redis+" + store_url
+    backend = app.extensions["flaskchat"].backend
+    if isinstance(backend, SqliteBackend):
+        return storage_uri(f"{backend.path}.limits")
+    return "memory://"
+
+
+def give_back_unfailed(response: Response) -> Response:
+    """Lock-out limits are charged before the password is checked; an attempt
+    that did not fail the check (a success, a bad request, a refusal) is given
+    back here, so only failed checks use up the budget."""
+    if response.status_code == 401:
+        return response
+    limiter: Limiter = current_app.extensions["flaskchat_limiter"]
+    for charged in limiter.current_limits:
+        if charged.breached or not charged.request_args[-1].endswith(f":{LOCKOUT}"):
+            continue
+        try:
+            take_back(limiter.limiter, charged.key)
+        except Exception:
+            if not current_app.config["RATELIMIT_SWALLOW_ERRORS"]:
+                raise
+            current_app.logger.exception("Could not give back a lock-out charge")
+    return response
 
 
 # Seconds a client over the stream cap is told to wait.

@@ -27,8 +27,11 @@ DEFAULTS: dict[str, Any] = {
     "RATELIMIT_CREATEROOM": "10/minute;100/day",
     "RATELIMIT_REGISTER": "10/minute;100/day",
     "RATELIMIT_LOGIN": "30/minute",
-    # Per room and username, counting failed logins only: slows password guessing.
+    # Per room, username and client IP, counting failed logins only: the lock-out.
     "RATELIMIT_LOGIN_FAILURES": "5/minute;30/hour",
+    # Per room and username from every address, failed logins only: a brake on
+    # guessing from many addresses, too large for one address to use up.
+    "RATELIMIT_LOGIN_ACCOUNT": "25/minute;150/hour",
     # Per room and user, counting accepted messages: a burst of 10, then 1 a second.
     "RATELIMIT_MESSAGE_USER": "10/10second",
     "RATELIMIT_MESSAGE_IP": "30/10second",
