@@ -9,8 +9,8 @@ from typing import Any
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import limits, lobby, rooms, web
-from .cli import store_cli
+from . import limits, lobby, logs, rooms, web
+from .cli import room_cli, store_cli
 from .settings import DEFAULTS
 from .store import RoomStore
 
@@ -25,6 +25,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if test_config is not None:
         app.config.from_mapping(test_config)
     os.makedirs(app.instance_path, exist_ok=True)
+    logs.init_app(app)
 
     proxies = int(app.config["TRUSTED_PROXIES"])
     if proxies > 0:
@@ -39,6 +40,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(rooms.bp)
     limits.init_app(app)
     app.cli.add_command(store_cli)
+    app.cli.add_command(room_cli)
     return app
 
 

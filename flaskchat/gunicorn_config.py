@@ -39,3 +39,6 @@ control_socket_disable = True
 accesslog = "-"
 # %(U)s is the path without its query string: stream tickets never reach the log.
 access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'
+# Escapes every logged field (a request cannot forge a line) and logs a room id
+# only in its short form (/r:3fa9c1/login): see flaskchat.logs.
+logger_class = "flaskchat.gunicorn_logging.Logger"

@@ -26,6 +26,7 @@ from werkzeug.routing import BaseConverter
 from . import rules
 from .errors import AuthenticationFailed
 from .limits import StreamCounter, client_ip
+from .logs import room_log_id
 from .store import Conversation, Message, Presence, StreamItem
 from .web import failure_shape, html_page, json_fields, store
 
@@ -52,6 +53,14 @@ def room_page(roomid: str) -> str:
     return render_template("room.html", roomid=roomid, alias=store().alias(roomid))
 
 
+@bp.get("")
+@html_page
+def room_page_without_slash(roomid: str) -> Response:
+    """Werkzeug's own slash redirect names the Host header's host; a relative
+    `Location` names none, and works under any prefix."""
+    return Response(status=308, headers={"Location": f"{roomid}/"})
+
+
 @bp.post("/register")
 def register(roomid: str) -> Any:
     fields = json_fields("username", "password")
@@ -73,10 +82,13 @@ def login(roomid: str) -> Any:
 
 def log_failed_login(roomid: str, username: str) -> None:
     """One stable line per failed login, for fail2ban (README, Security). The name
-    is JSON-quoted and cut, so no input can forge or break a line; the password
-    never appears."""
+    is JSON-quoted and cut, so no input can forge or break a line; the room shows
+    only as its short log id and the password never appears."""
     current_app.logger.warning(
-        "failed login: room=%s user=%s ip=%s", roomid, json.dumps(username[:64]), client_ip()
+        "failed login: room=%s user=%s ip=%s",
+        room_log_id(current_app, roomid),
+        json.dumps(username[:64]),
+        client_ip(),
     )
 
 

@@ -15,6 +15,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_MESSAGE_LENGTH": 2000,
     # How many reverse proxies in front of the app may set X-Forwarded-* headers.
     "TRUSTED_PROXIES": 0,
+    # Host names the app answers to (Flask's setting), e.g. ["chat.example.org"]; others get 400.
+    "TRUSTED_HOSTS": None,
     # werkzeug's password hash method; the default is scrypt:32768:8:1.
     "PASSWORD_HASH_METHOD": "scrypt",
     # Seconds of silence after which an event stream sends a keep-alive comment.

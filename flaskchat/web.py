@@ -9,7 +9,13 @@ from typing import Any, TypeVar
 
 from flask import Flask, Response, current_app, jsonify, render_template, request
 from flask_limiter.errors import RateLimitExceeded
-from werkzeug.exceptions import BadRequest, HTTPException, MethodNotAllowed, UnsupportedMediaType
+from werkzeug.exceptions import (
+    BadRequest,
+    HTTPException,
+    MethodNotAllowed,
+    SecurityError,
+    UnsupportedMediaType,
+)
 
 from .errors import StoreError
 from .store import RoomStore
@@ -31,6 +37,8 @@ EXPLANATIONS = {
     415: "Please send the data as JSON (Content-Type: application/json).",
     500: "Something went wrong on the server. Please try again.",
 }
+# Said for a Host outside TRUSTED_HOSTS; werkzeug's own text repeats the forged name.
+UNTRUSTED_HOST = "This server does not answer to that host name."
 
 
 def store() -> RoomStore:
@@ -135,7 +143,9 @@ def handle_http_error(error: HTTPException) -> Any:
         current_app.logger.error("Unhandled error on %s", request.path, exc_info=error)
     # A rate-limit error describes the limit ("10 per 1 minute"), not what to do.
     custom = error.description != type(error).description
-    if custom and not isinstance(error, RateLimitExceeded):
+    if isinstance(error, SecurityError):
+        explanation = UNTRUSTED_HOST
+    elif custom and not isinstance(error, RateLimitExceeded):
         explanation = error.description or ""
     else:
         explanation = EXPLANATIONS.get(status, error.name + ".")

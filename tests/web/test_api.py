@@ -106,7 +106,7 @@ def test_room_without_trailing_slash_redirects(chat: ChatActions) -> None:
     roomid = chat.create_room()
     response = chat.client.get(f"/{roomid}")
     assert response.status_code in {301, 308}
-    assert response.headers["Location"].endswith(f"/{roomid}/")
+    assert response.headers["Location"] == f"{roomid}/"  # relative: see tests/web/test_hosts.py
 
 
 def test_wrong_method_is_a_json_405(chat: ChatActions) -> None:

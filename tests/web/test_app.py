@@ -104,7 +104,8 @@ def test_relative_urls_resolve_under_a_prefix(chat: ChatActions) -> None:
         with chat.client.get(resolved.removeprefix("/chat"), base_url=mounted) as asset:
             assert asset.status_code == 200
     redirect = chat.client.get(f"/{roomid}", base_url=mounted)
-    assert urlsplit(redirect.headers["Location"]).path == f"/chat/{roomid}/"
+    location = urljoin(f"http://example.test/chat/{roomid}", redirect.headers["Location"])
+    assert urlsplit(location).path == f"/chat/{roomid}/"
 
 
 def test_trusted_proxies_are_off_unless_configured(tmp_path: Path) -> None:

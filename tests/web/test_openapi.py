@@ -42,7 +42,7 @@ SCHEMA = schemathesis.openapi.from_dict(DOCUMENT)
 PASSWORD = "correct horse battery"
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 # The routes that answer with HTML or files rather than JSON.
-PAGES = {"/", "/<roomid:roomid>/", "/static/<path:filename>"}
+PAGES = {"/", "/<roomid:roomid>", "/<roomid:roomid>/", "/static/<path:filename>"}
 UNKNOWN_ROOM = "A" * 22
 CHEAP_HASH = "scrypt:1024:8:1"
 
