@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import limits, lobby, logs, rooms, web
+from . import bodies, limits, lobby, logs, rooms, web
 from .cli import room_cli, store_cli
 from .settings import DEFAULTS
 from .store import RoomStore
@@ -26,6 +26,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.config.from_mapping(test_config)
     os.makedirs(app.instance_path, exist_ok=True)
     logs.init_app(app)
+
+    if int(app.config["MAX_STREAMS_PER_IP"]) > int(app.config["MAX_CONNECTIONS_PER_IP"]):
+        raise ValueError(
+            "MAX_STREAMS_PER_IP must not be above MAX_CONNECTIONS_PER_IP: each event"
+            " stream is one of its client's connections."
+        )
+    bodies.init_app(app)
 
     proxies = int(app.config["TRUSTED_PROXIES"])
     if proxies > 0:

@@ -14,7 +14,9 @@ import multiprocessing
 import os
 
 bind = os.environ.get("FLASKCHAT_BIND", "127.0.0.1:8000")
-worker_class = "gevent"
+# gunicorn's gevent worker, plus a cap on open connections per client IP
+# (FLASKCHAT_MAX_CONNECTIONS_PER_IP, in each worker): see flaskchat.worker.
+worker_class = "flaskchat.worker.GeventWorker"
 # Python runs on one core per process; CPU-heavy work (password hashing) runs in
 # each worker's thread pool, so one worker per core is enough.
 workers = int(os.environ.get("FLASKCHAT_WORKERS", multiprocessing.cpu_count()))

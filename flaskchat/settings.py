@@ -44,6 +44,10 @@ DEFAULTS: dict[str, Any] = {
     "MAX_TOKENS_PER_USER": 10,
     # Open event streams per client IP, in each worker process.
     "MAX_STREAMS_PER_IP": 20,
+    # Open connections per client IP (streams included), in each gevent worker process.
+    "MAX_CONNECTIONS_PER_IP": 64,
+    # Seconds a request body may take to arrive in full; slower ones get 408 and a close.
+    "REQUEST_BODY_TIMEOUT": 10.0,
     # No JSON body we accept comes near this; larger requests get 413.
     "MAX_CONTENT_LENGTH": 64 * 1024,
 }

@@ -70,6 +70,7 @@ def gunicorn(store_url: str, workers: int, **env: str) -> Iterator[Service]:
             "FLASKCHAT_STORE_URL": store_url,
             "FLASKCHAT_RATELIMIT_ENABLED": "false",
             "FLASKCHAT_MAX_STREAMS_PER_IP": "100000",
+            "FLASKCHAT_MAX_CONNECTIONS_PER_IP": "100000",
             **env,
         },
         log=Path(tempfile.gettempdir()) / f"flaskchat-bench-{port}.log",
