@@ -34,7 +34,8 @@ def openapi() -> Any:
 
 @bp.get("/healthz")
 def healthz() -> Any:
-    """For monitors: "ok", or 503 with "unavailable" when the store does not answer."""
+    """For monitors: "ok", or 503 with "unavailable" when the store cannot write
+    (each check commits a tiny write)."""
     try:
         store().ping()
     except StoreUnavailable as error:

@@ -20,6 +20,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from . import rules
 from .backends import Backend, StoredMessage, UserRecord, open_backend
+from .backends.base import AddedUser
 from .errors import (
     AuthenticationFailed,
     InvalidInput,
@@ -174,12 +175,16 @@ class RoomStore:
         self.alias(roomid)
         username = rules.clean_username(username)
         rules.check_password(password)
-        if self.backend.count_users(roomid) >= self.max_users_per_room:
-            raise LimitReached(
-                f"This room has reached its limit of {self.max_users_per_room} accounts."
-            )
+        key = username.casefold()
+        full = f"This room has reached its limit of {self.max_users_per_room} accounts."
+        if self.backend.count_users(roomid) >= self.max_users_per_room:  # spares the hash
+            raise LimitReached(full)
         user = UserRecord(username, run_cpu_bound(self._hash, password))
-        if not self.backend.add_user(roomid, username.casefold(), user):
+        # The backend counts again as it writes: others may have joined meanwhile.
+        added = self.backend.add_user(roomid, key, user, self.max_users_per_room)
+        if added is AddedUser.ROOM_FULL:
+            raise LimitReached(full)
+        if added is AddedUser.NAME_TAKEN:
             raise UsernameTaken(f"The name {username} is already taken in this room.")
         return username
 
@@ -455,7 +460,8 @@ class RoomStore:
         return result
 
     def ping(self) -> None:
-        """Raise `StoreUnavailable` unless the backend answers."""
+        """Raise `StoreUnavailable` unless the backend can write now: a store that
+        answers reads but refuses writes (read-only, full) is not healthy."""
         self.backend.ping()
 
     def close(self) -> None:

@@ -1,8 +1,9 @@
 """The small protocol between `RoomStore` and where the data lives.
 
 A backend stores and fetches; it enforces no rules (the store has already applied
-them) except the two that must be atomic where the data is: a name key is taken
-once per room, and a `client_id` is stored once per user and room.
+them) except those that must be atomic where the data is: a name key is taken
+once per room, a room never holds more accounts than its cap, and a `client_id`
+is stored once per user and room.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import Enum
 from typing import Protocol
 
 from ..errors import InvalidInput
@@ -29,6 +31,14 @@ class UserRecord:
 
     username: str
     password_hash: str
+
+
+class AddedUser(Enum):
+    """What `Backend.add_user` did: the account is stored only when ADDED."""
+
+    ADDED = "added"
+    NAME_TAKEN = "name taken"
+    ROOM_FULL = "room full"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +72,10 @@ class Backend(Protocol):
     def room_alias(self, roomid: str) -> str | None:
         """The alias, or None when no such room exists."""
 
-    def add_user(self, roomid: str, key: str, user: UserRecord) -> bool:
-        """Store an account; False (and nothing stored) if `key` is taken."""
+    def add_user(self, roomid: str, key: str, user: UserRecord, max_users: int) -> AddedUser:
+        """Store an account unless `key` is taken or the room already holds
+        `max_users`, checked in the same step as the write: registrations that
+        race past the store's early count still stop at the cap."""
 
     def get_user(self, roomid: str, key: str) -> UserRecord | None: ...
 
@@ -133,6 +145,7 @@ class Backend(Protocol):
         this backend's own form. The room must not exist here yet."""
 
     def ping(self) -> None:
-        """Raise `StoreUnavailable` unless the storage answers."""
+        """Raise `StoreUnavailable` unless the storage can write now, by a small
+        write of its own; cheap, since monitors ask every few seconds."""
 
     def close(self) -> None: ...

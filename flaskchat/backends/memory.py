@@ -13,7 +13,7 @@ from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from .base import RoomDump, StoredMessage, UserRecord, parse_sequence_id
+from .base import AddedUser, RoomDump, StoredMessage, UserRecord, parse_sequence_id
 
 
 class MemoryBackend:
@@ -53,13 +53,15 @@ class MemoryBackend:
             room = self._rooms.get(roomid)
             return None if room is None else str(room["alias"])
 
-    def add_user(self, roomid: str, key: str, user: UserRecord) -> bool:
+    def add_user(self, roomid: str, key: str, user: UserRecord, max_users: int) -> AddedUser:
         with self._lock:
             users = self._rooms[roomid]["users"]
+            if len(users) >= max_users:
+                return AddedUser.ROOM_FULL
             if key in users:
-                return False
+                return AddedUser.NAME_TAKEN
             users[key] = {"user": user, "tokens": {}}
-            return True
+            return AddedUser.ADDED
 
     def get_user(self, roomid: str, key: str) -> UserRecord | None:
         with self._lock:
@@ -186,7 +188,7 @@ class MemoryBackend:
     def restore_room(self, dump: RoomDump) -> None:
         self.create_room(dump.roomid, dump.alias)
         for key, user in dump.users.items():
-            self.add_user(dump.roomid, key, user)
+            self.add_user(dump.roomid, key, user, max_users=len(dump.users))
             for digest in dump.tokens.get(key, []):
                 self.add_token(dump.roomid, key, digest, keep=len(dump.tokens[key]))
         with self._lock:
@@ -198,7 +200,7 @@ class MemoryBackend:
                 self._rooms[dump.roomid]["messages"].append(stored)
 
     def ping(self) -> None:
-        return None
+        """Memory can always write."""
 
     def close(self) -> None:
         return None

@@ -7,6 +7,7 @@ Every key of a room shares the hash tag `{roomid}`, so a room lives in one slot
 of a Redis Cluster and its multi-key scripts stay legal there:
 
     flaskchat:rooms                         SET of room ids
+    flaskchat:health                        STRING written by health checks, expiring
     flaskchat:{roomid}:room                 HASH alias
     flaskchat:{roomid}:users                HASH name key -> JSON account
     flaskchat:{roomid}:tokens:<key>         ZSET of token digests by creation time
@@ -28,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import InvalidInput, StoreUnavailable
-from .base import RoomDump, StoredMessage, UserRecord
+from .base import AddedUser, RoomDump, StoredMessage, UserRecord
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -41,6 +42,9 @@ MICROSECOND = timedelta(microseconds=1)
 _STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 _ID_PART_MAX = 2**64 - 1
 _FIRST_ID, _LAST_ID = "0-0", f"{_ID_PART_MAX}-{_ID_PART_MAX}"
+# Written by every health check; gone a minute after the last one.
+HEALTH_KEY = f"{PREFIX}:health"
+HEALTH_TTL_MS = 60_000
 
 # Store a message unless this user already sent one with this client_id, stamped
 # with Redis's own clock as it is written, so times follow stream ids whichever
@@ -56,6 +60,15 @@ local us = now[1] .. string.format('%06d', tonumber(now[2]))
 local id = redis.call('XADD', KEYS[1], '*', 'u', ARGV[2], 't', ARGV[3], 'us', us)
 if ARGV[1] ~= '' then redis.call('HSET', KEYS[2], ARGV[1], id) end
 return {1, id, us}
+"""
+
+# Store an account unless the room is full or the name taken, in one step: a
+# script runs alone on the server. KEYS: users hash. ARGV: name key, account
+# JSON, the cap. Returns "added", "name taken" or "room full" (`AddedUser`).
+ADD_USER_SCRIPT = """
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return 'room full' end
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 'name taken' end
+return 'added'
 """
 
 
@@ -121,6 +134,16 @@ def _outages() -> tuple[type[Exception], ...]:
     from redis.exceptions import ConnectionError, TimeoutError
 
     return (ConnectionError, TimeoutError, OSError)
+
+
+def _refuses_writes(error: Exception) -> bool:
+    """A server that answers but will not write now: a read-only replica, one at
+    `maxmemory`, one short of `min-replicas-to-write`, a replica cut off from its
+    master."""
+    from redis.exceptions import MasterDownError, OutOfMemoryError, ReadOnlyError
+
+    refusals = (ReadOnlyError, OutOfMemoryError, MasterDownError)
+    return isinstance(error, refusals) or str(error).startswith("NOREPLICAS")
 
 
 class Connections:
@@ -191,7 +214,8 @@ class Connections:
 class RedisBackend:
     """Thread- and gevent-safe: redis-py's connection pool, or `Connections` for
     the hot commands, hands each caller its own connection. Lost connections
-    surface as `StoreUnavailable` (503) and are made again on the next call."""
+    and refused writes surface as `StoreUnavailable` (503); connections are made
+    again on the next call."""
 
     def __init__(self, url: str | None = None, *, client: Redis | None = None) -> None:
         if client is None:
@@ -212,8 +236,12 @@ class RedisBackend:
         # redis-py's own annotations cover bytes and str replies alike; with
         # decode_responses every reply here is str, so the client is kept untyped.
         self.client: Any = client
+        from redis.exceptions import ResponseError
+
         self._outages = _outages()
+        self._error_reply = ResponseError
         self._append_sha = client.register_script(APPEND_SCRIPT).sha
+        self._add_user_script = client.register_script(ADD_USER_SCRIPT)
         self._connections = Connections.of(client)
         # Newest stream id this process has seen per watched room.
         self._watched: dict[str, str] = {}
@@ -223,6 +251,10 @@ class RedisBackend:
             return action()
         except self._outages as exc:
             raise StoreUnavailable() from exc
+        except self._error_reply as exc:
+            if _refuses_writes(exc):
+                raise StoreUnavailable() from exc
+            raise
 
     def _command(self, *args: str | int) -> Any:
         """One command of the hot paths (polls, posts, history), on `Connections`
@@ -247,9 +279,11 @@ class RedisBackend:
         alias: str | None = self._call(lambda: self.client.hget(_key(roomid, "room"), "alias"))
         return alias
 
-    def add_user(self, roomid: str, key: str, user: UserRecord) -> bool:
+    def add_user(self, roomid: str, key: str, user: UserRecord, max_users: int) -> AddedUser:
         record = json.dumps({"username": user.username, "password_hash": user.password_hash})
-        return bool(self._call(lambda: self.client.hsetnx(_key(roomid, "users"), key, record)))
+        keys = [_key(roomid, "users")]
+        outcome = self._call(lambda: self._add_user_script(keys, [key, record, max_users]))
+        return AddedUser(outcome)
 
     def get_user(self, roomid: str, key: str) -> UserRecord | None:
         record = self._call(lambda: self.client.hget(_key(roomid, "users"), key))
@@ -434,7 +468,9 @@ class RedisBackend:
         self._call(restore)
 
     def ping(self) -> None:
-        self._call(self.client.ping)
+        """A write with a short expiry, not a PING: a server that answers but
+        refuses writes is not healthy. One command."""
+        self._call(lambda: self.client.set(HEALTH_KEY, "ok", px=HEALTH_TTL_MS))
 
     def close(self) -> None:
         if self._connections is not None:

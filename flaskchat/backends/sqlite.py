@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from ..errors import StoreUnavailable
 from ..live import ThreadCalls
-from .base import RoomDump, StoredMessage, UserRecord, parse_sequence_id
+from .base import AddedUser, RoomDump, StoredMessage, UserRecord, parse_sequence_id
 
 T = TypeVar("T")
 
@@ -97,11 +97,49 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE tokens ADD COLUMN created_us INTEGER NOT NULL DEFAULT 0;
     """,
+    """
+    CREATE TABLE heartbeat (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        beat_us INTEGER NOT NULL
+    );
+    """,
 )
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
+
+# Errors after which a connection is closed and the next request opens another:
+# SQLite opens a file it may not write read-only without a word and keeps it so,
+# and after a full disk or an I/O error a fresh connection starts again from the
+# file as committed. (Primary result codes: an extended code keeps them in its
+# low byte.)
+REOPEN_AFTER = frozenset(
+    {sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN}
+)
+# Of those, the errors of a file that could not be written as it was opened. The
+# map of the `-shm` file that all connections of a process share may then be
+# read-only too, so the reader and the watcher let go of it as well. (Not on a
+# full disk: a process that closes its last connection maps the file anew, which
+# takes room that a full disk does not have, and reads would fail too.)
+REMAP_AFTER = frozenset({sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN})
+# A store opens despite these, and despite a long write of another process: it
+# serves reads, and writes answer 503 until a connection can write.
+OPEN_DESPITE = REOPEN_AFTER | {sqlite3.SQLITE_BUSY}
+
+
+def _result_code(error: BaseException | None) -> int | None:
+    code = getattr(error, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
+def _reopen_after(error: BaseException | None) -> bool:
+    return _result_code(error) in REOPEN_AFTER
+
+
+def _close(conn: sqlite3.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        conn.close()
 
 
 def _to_us(moment: datetime) -> int:
@@ -143,6 +181,7 @@ class SqliteBackend:
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
+        self._remap = False  # the next writer wants the readers opened afresh
         # Appends waiting for a group commit, and those of the open transaction.
         self._queue_lock = threading.Lock()
         self._queue: list[_PendingAppend] = []
@@ -163,13 +202,25 @@ class SqliteBackend:
         self._watch_lock = threading.Lock()
         self._watch: tuple[int, sqlite3.Connection, int, int] | None = None
         self._watched_rooms: set[str] = set()
+        self._watch_stale = False  # set when a new writer wants it opened afresh
         with self._lock:
-            self._connect()
+            try:
+                self._connect()
+            except StoreUnavailable as error:
+                if _result_code(error.__cause__) not in OPEN_DESPITE:
+                    raise
 
     def _connect(self) -> sqlite3.Connection:
-        """Open (or reopen after a fork) and migrate; caller holds `_lock`."""
+        """Open (or reopen after a fork or a failed write), migrate, and commit a
+        heartbeat: SQLite would open a file it may not write read-only without a
+        word, and such a connection is never kept. Caller holds `_lock`."""
         if self._conn is not None and self._pid == os.getpid():
             return self._conn
+        self._conn = None  # another process's connection is dropped, never closed
+        if self._remap:
+            self._remap = False
+            self._release_readers()
+        conn: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(
@@ -185,10 +236,34 @@ class SqliteBackend:
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
             self._migrate(conn)
+            self._begin(conn)
+            self._beat(conn)
+            conn.execute("COMMIT")
         except (sqlite3.Error, OSError) as exc:
+            if conn is not None:
+                _close(conn)  # rolls back what it began
+            self._remap = _result_code(exc) in REMAP_AFTER
             raise StoreUnavailable() from exc
         self._conn, self._pid = conn, os.getpid()
         return conn
+
+    def _release_readers(self) -> None:
+        """Close the reader now and the watcher at its next poll, so that the next
+        writer maps the `-shm` file afresh (see `REMAP_AFTER`). Caller holds `_lock`."""
+        with self._read_lock:
+            if self._reader is not None and self._reader_pid == os.getpid():
+                _close(self._reader)
+            self._reader = None
+        self._watch_stale = True
+
+    @staticmethod
+    def _beat(conn: sqlite3.Connection) -> None:
+        """The smallest write that must commit: one row, rewritten."""
+        conn.execute(
+            "INSERT INTO heartbeat (id, beat_us) VALUES (1, ?)"
+            " ON CONFLICT (id) DO UPDATE SET beat_us = excluded.beat_us",
+            (_to_us(datetime.now(UTC)),),
+        )
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
@@ -232,6 +307,9 @@ class SqliteBackend:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
         except sqlite3.Error as exc:
+            if _reopen_after(exc):
+                self._conn, self._remap = None, _result_code(exc) in REMAP_AFTER
+                _close(conn)
             raise StoreUnavailable() from exc
         finally:
             if not committed:
@@ -283,6 +361,10 @@ class SqliteBackend:
                     self._wal_index = WalIndex.open(self.path)
                 return query(self._reader)
             except sqlite3.Error as exc:
+                if _reopen_after(exc) and self._reader_pid == os.getpid():
+                    if self._reader is not None:
+                        _close(self._reader)
+                    self._reader = None
                 raise StoreUnavailable() from exc
 
     def _open_reader(self) -> sqlite3.Connection:
@@ -293,8 +375,12 @@ class SqliteBackend:
             isolation_level=None,
             check_same_thread=False,
         )
-        conn.execute("PRAGMA query_only = ON")
-        conn.execute("PRAGMA user_version").fetchone()  # opens the wal-index for good
+        try:
+            conn.execute("PRAGMA query_only = ON")
+            conn.execute("PRAGMA user_version").fetchone()  # opens the wal-index for good
+        except sqlite3.Error:
+            _close(conn)
+            raise
         return conn
 
     def create_room(self, roomid: str, alias: str) -> bool:
@@ -310,14 +396,20 @@ class SqliteBackend:
         )
         return None if row is None else str(row[0])
 
-    def add_user(self, roomid: str, key: str, user: UserRecord) -> bool:
+    def add_user(self, roomid: str, key: str, user: UserRecord, max_users: int) -> AddedUser:
+        """Counted inside the write transaction, which no other writer can enter."""
         with self._transaction() as conn:
+            (count,) = conn.execute(
+                "SELECT COUNT(*) FROM users WHERE room_id = ?", (roomid,)
+            ).fetchone()
+            if count >= max_users:
+                return AddedUser.ROOM_FULL
             cursor = conn.execute(
                 "INSERT OR IGNORE INTO users (room_id, name_key, username, password_hash)"
                 " VALUES (?, ?, ?, ?)",
                 (roomid, key, user.username, user.password_hash),
             )
-            return cursor.rowcount == 1
+            return AddedUser.ADDED if cursor.rowcount == 1 else AddedUser.NAME_TAKEN
 
     def get_user(self, roomid: str, key: str) -> UserRecord | None:
         row = self._read(
@@ -479,25 +571,22 @@ class SqliteBackend:
         A room watched for the first time counts as changed."""
         deadline = time.monotonic() + timeout
         with self._watch_lock:
+            if self._watch_stale:
+                self._watch_stale = False
+                if self._watch is not None and self._watch[0] == os.getpid():
+                    _close(self._watch[1])
+                    self._watch, self._watched_rooms = None, set()  # all rooms look once
+            if self._watch is None or self._watch[0] != os.getpid():
+                self._watch = self._open_watch()
             fresh = set(roomids) - self._watched_rooms
             self._watched_rooms = set(roomids)
-            if self._watch is None or self._watch[0] != os.getpid():
-                conn = sqlite3.connect(
-                    self.path,
-                    timeout=BUSY_TIMEOUT_MS / 1000,
-                    isolation_level=None,
-                    check_same_thread=False,
-                )
-                version = conn.execute("PRAGMA data_version").fetchone()[0]
-                newest = conn.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0]
-                self._watch = (os.getpid(), conn, version, newest)
             pid, conn, version, newest = self._watch
             if fresh:  # what arrived before watching began: let listeners look once
                 return fresh
             try:
                 while True:
                     current = conn.execute("PRAGMA data_version").fetchone()[0]
-                    if current != version or time.monotonic() >= deadline:
+                    if current != version or self._watch_stale or time.monotonic() >= deadline:
                         break
                     time.sleep(WATCH_INTERVAL)
                 if current == version:
@@ -507,9 +596,30 @@ class SqliteBackend:
                 ).fetchall()
                 latest = conn.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0]
             except sqlite3.Error as exc:
+                if _reopen_after(exc):
+                    self._watch, self._watched_rooms = None, set()  # all rooms look once
+                    _close(conn)
                 raise StoreUnavailable() from exc
             self._watch = (pid, conn, current, latest)
         return {row[0] for row in rows} & set(roomids)
+
+    def _open_watch(self) -> tuple[int, sqlite3.Connection, int, int]:
+        """The watching connection, with the data version and newest id it sees."""
+        conn = None
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            newest = conn.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0]
+        except sqlite3.Error as exc:
+            if conn is not None:
+                _close(conn)
+            raise StoreUnavailable() from exc
+        return os.getpid(), conn, version, newest
 
     def add_ticket(self, roomid: str, digest: str, username: str, expires_at: float) -> None:
         with self._transaction() as conn:
@@ -610,6 +720,10 @@ class SqliteBackend:
             )
 
     def ping(self) -> None:
+        """A heartbeat commit, then a read: a store that answers but cannot write
+        (a read-only file, a full disk) is not healthy. One small fsync."""
+        with self._transaction() as conn:
+            self._beat(conn)
         self._read(lambda c: c.execute("SELECT 1").fetchone())
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ from flaskchat.backends.sqlite import MIGRATIONS, SqliteBackend
 from flaskchat.rules import new_roomid
 
 PASSWORD = "correct horse battery"
+CHEAP_HASH = "pbkdf2:sha256:1"
 
 
 def test_file_is_in_wal_mode_with_the_current_schema(tmp_path: Path) -> None:
@@ -191,3 +192,73 @@ def test_a_slow_commit_waited_for_in_a_thread_holds_many_posts(tmp_path: Path) -
     inline = posted_under_gevent(tmp_path / "inline.sqlite3", 1e9)["frames"]
     assert inline >= 50
     assert threaded < inline / 2
+
+
+# What a worker meets when the file was not writable as it opened it: SQLite then
+# opens it read-only without a word, and every write on that connection fails.
+READ_ONLY = "PRAGMA query_only = ON"
+
+
+def test_a_write_connection_that_cannot_write_is_opened_again(tmp_path: Path) -> None:
+    store = RoomStore.from_url(f"sqlite:///{tmp_path / 'chat.sqlite3'}", hash_method=CHEAP_HASH)
+    roomid = store.create_room("stuck")
+    backend = store.backend
+    assert isinstance(backend, SqliteBackend) and backend._conn is not None
+    backend._conn.execute(READ_ONLY)
+    with pytest.raises(StoreUnavailable):
+        store.register(roomid, "alice", PASSWORD)
+    store.register(roomid, "alice", PASSWORD)  # the next write opens a new connection
+    assert set(store.snapshot()[roomid]["users"]) == {"alice"}
+    store.close()
+
+
+def test_a_full_database_answers_unavailable_then_writes_again(tmp_path: Path) -> None:
+    path = tmp_path / "chat.sqlite3"
+    store = RoomStore.from_url(f"sqlite:///{path}", hash_method=CHEAP_HASH)
+    roomid = store.create_room("full")
+    store.register(roomid, "alice", PASSWORD)
+    token = store.login(roomid, "alice", PASSWORD)
+    backend = store.backend
+    assert isinstance(backend, SqliteBackend) and backend._conn is not None
+    # SQLite's own size cap fails a write as a full disk does: "database or disk is full".
+    pages = backend._conn.execute("PRAGMA page_count").fetchone()[0]
+    backend._conn.execute(f"PRAGMA max_page_count = {pages}")
+    acknowledged = []
+    for n in range(50):
+        try:
+            store.post_message(roomid, "alice", token, f"{n:04} " + "x" * 1900)
+        except StoreUnavailable:
+            break
+        acknowledged.append(n)
+    else:
+        pytest.fail("the file never filled up")
+    store.post_message(roomid, "alice", token, "room" + "x" * 1900)  # a new connection
+    texts = [m.text[:4] for m in store.messages(roomid, limit=200).messages]
+    assert texts == [f"{n:04}" for n in acknowledged] + ["room"]
+    store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    conn.close()
+
+
+def test_ping_commits_a_heartbeat_and_fails_when_writes_do(tmp_path: Path) -> None:
+    path = tmp_path / "chat.sqlite3"
+    backend = SqliteBackend(path)
+
+    def beat() -> int:
+        with sqlite3.connect(path) as conn:
+            value = int(conn.execute("SELECT beat_us FROM heartbeat").fetchone()[0])
+        conn.close()
+        return value
+
+    backend.ping()
+    first = beat()
+    time.sleep(0.002)
+    backend.ping()
+    assert beat() > first
+    assert backend._conn is not None
+    backend._conn.execute(READ_ONLY)
+    with pytest.raises(StoreUnavailable):
+        backend.ping()
+    backend.ping()  # opened again, and writing
+    backend.close()

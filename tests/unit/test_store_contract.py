@@ -18,6 +18,7 @@ from flaskchat import (
     RoomStore,
     UsernameTaken,
 )
+from flaskchat.backends.base import AddedUser, UserRecord
 from flaskchat.store import Presence
 
 from support import backend_url
@@ -414,3 +415,44 @@ def test_times_never_go_backwards_along_ids(room_store: RoomStore) -> None:
     assert len(history) == 40
     times = [message.posted_at for message in history]
     assert times == sorted(times)
+
+
+def test_concurrent_registrations_never_pass_the_account_cap(
+    backend_kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    store = RoomStore.from_url(
+        backend_url(backend_kind, request, tmp_path),
+        max_users_per_room=5,
+        hash_method="pbkdf2:sha256:1",
+    )
+    roomid = store.create_room("crowded")
+    start = threading.Barrier(40)
+    outcomes: list[str] = []
+
+    def attempt(name: str) -> None:
+        start.wait()
+        try:
+            store.register(roomid, name, PASSWORD)
+            outcomes.append("ok")
+        except LimitReached:
+            outcomes.append("full")
+
+    threads = [threading.Thread(target=attempt, args=(f"user{n}",)) for n in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes.count("ok") == 5 and outcomes.count("full") == 35
+    assert len(store.snapshot()[roomid]["users"]) == 5
+    store.close()
+
+
+def test_a_backend_refuses_an_account_beyond_the_cap_in_one_step(room_store: RoomStore) -> None:
+    backend = room_store.backend
+    roomid = room_store.create_room("cap")
+    record = UserRecord("x", "hash")
+    assert backend.add_user(roomid, "a", record, max_users=2) is AddedUser.ADDED
+    assert backend.add_user(roomid, "a", record, max_users=2) is AddedUser.NAME_TAKEN
+    assert backend.add_user(roomid, "b", record, max_users=2) is AddedUser.ADDED
+    assert backend.add_user(roomid, "c", record, max_users=2) is AddedUser.ROOM_FULL
+    assert backend.count_users(roomid) == 2
