@@ -173,9 +173,17 @@ class RoomStore:
     def register(self, roomid: str, username: str, password: str) -> str:
         """Create an account; returns the name as the room will show it."""
         self.alias(roomid)
-        username = rules.clean_username(username)
+        username = rules.clean_new_username(username)
         rules.check_password(password)
+        # One lookup: is there a member whose name this one is drawn like?
+        lookalike = rules.username_skeleton(username)
         key = username.casefold()
+        twin = None if lookalike == key else self.backend.get_user(roomid, lookalike)
+        if twin is not None:
+            raise UsernameTaken(
+                f"The name {username} looks too much like {twin.username}, "
+                "a name already in this room."
+            )
         full = f"This room has reached its limit of {self.max_users_per_room} accounts."
         if self.backend.count_users(roomid) >= self.max_users_per_room:  # spares the hash
             raise LimitReached(full)

@@ -68,11 +68,22 @@ function textWithMentions(text) {
   return fragment;
 }
 
+// A user's string (a name, a message) in an element of its own with dir="auto",
+// which makes it a bidi isolate (style.css says so too): a right-to-left name or a
+// stray U+202E cannot reorder the rest of the line.
+function isolated(className, text) {
+  const element = document.createElement("span");
+  element.className = className;
+  element.dir = "auto";
+  element.textContent = text;
+  return element;
+}
+
 // "<alice>", as in the seed's conversation lines, so a copied line reads the same.
 function authorName(username) {
   const author = document.createElement("span");
   author.className = "author";
-  author.textContent = `<${username}>`;
+  author.append("<", isolated("name", username), ">");
   return author;
 }
 
@@ -84,8 +95,7 @@ function messageItem(message) {
   when.dateTime = message.time;
   when.textContent = timeFormat.format(new Date(message.time));
   const author = authorName(message.username);
-  const text = document.createElement("span");
-  text.className = "text";
+  const text = isolated("text", "");
   text.append(textWithMentions(message.text));
   item.append(when, " ", author, " ", text);
   return item;
@@ -139,7 +149,7 @@ function showOnline(names) {
   list.replaceChildren(
     ...names.map((name) => {
       const item = document.createElement("li");
-      item.textContent = name;
+      item.append(isolated("name", name));
       return item;
     }),
   );
@@ -244,9 +254,7 @@ function pendingItem(entry) {
   item.className = "message pending";
   item.dataset.clientId = entry.clientId;
   const author = authorName(state.session ? state.session.username : "");
-  const text = document.createElement("span");
-  text.className = "text";
-  text.textContent = entry.text;
+  const text = isolated("text", entry.text);
   const note = document.createElement("span");
   note.className = "note";
   note.textContent = "sending…";

@@ -273,11 +273,11 @@ def test_bad_messages_are_refused(room_store: RoomStore, message: str, fragment:
 
 def test_messages_keep_unicode_newlines_tabs_and_markup_verbatim(room_store: RoomStore) -> None:
     roomid = room_store.create_room("unicode ✓ 房间")
-    token = joined(room_store, roomid, "Zoë_π")
+    token = joined(room_store, roomid, "Zoë_山田")
     text = "line one\n\tline two <b>&amp;</b> 🎉 \u202e"
-    posted = room_store.post_message(roomid, "zoë_π", token, text)
+    posted = room_store.post_message(roomid, "zoë_山田", token, text)
     assert posted.text == text
-    assert room_store.conversation(roomid)[-1].endswith(f"<Zoë_π> {text}")
+    assert room_store.conversation(roomid)[-1].endswith(f"<Zoë_山田> {text}")
     assert room_store.alias(roomid) == "unicode ✓ 房间"
 
 
