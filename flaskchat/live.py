@@ -8,6 +8,8 @@ library is monkey-patched, so the same locks and threads become greenlets.
 from __future__ import annotations
 
 import os
+import select
+import socket
 import sys
 import threading
 import time
@@ -110,6 +112,46 @@ class RoomSignals:
 def _gevent_patched() -> bool:
     monkey = sys.modules.get("gevent.monkey")
     return monkey is not None and bool(monkey.is_module_patched("threading"))
+
+
+def system_poll() -> Callable[[], Any]:
+    """The system's `select.poll`, even where gevent patched it: a zero-timeout
+    poll never blocks, and gevent's goes through the event loop to say so."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("select"):
+        return monkey.get_original("select", "poll")  # type: ignore[no-any-return]
+    return select.poll
+
+
+# What a poll reports once the other end has hung up (or the socket broke).
+_HUNG_UP = select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POLLRDHUP", 0)
+
+
+def hung_up(connection: socket.socket) -> Callable[[], bool]:
+    """A check, cheap enough to run every few seconds, of whether the client at
+    the other end of `connection` has closed it. A stream that only writes
+    learns of a closed connection at its next write, which may be minutes away;
+    this asks the kernel instead."""
+    poll = system_poll()
+    try:
+        fd = connection.fileno()
+    except OSError:
+        return lambda: True
+
+    def check() -> bool:
+        poller = poll()
+        poller.register(fd, select.POLLIN | _HUNG_UP)
+        ready = poller.poll(0)
+        if not ready:
+            return False
+        if ready[0][1] & _HUNG_UP:
+            return True
+        try:  # readable: the end of the stream, or bytes a client sent early
+            return connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+    return check
 
 
 class ThreadCalls:

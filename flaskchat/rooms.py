@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -26,6 +26,7 @@ from werkzeug.routing import BaseConverter
 from . import rules
 from .errors import AuthenticationFailed
 from .limits import StreamCounter, client_ip
+from .live import hung_up
 from .logs import room_log_id
 from .store import Conversation, Message, Presence, StreamItem
 from .web import failure_shape, html_page, json_fields, store
@@ -168,7 +169,11 @@ def events(roomid: str) -> Response:
     ticket = request.args.get("ticket")
     username = None if ticket is None else store().redeem_ticket(roomid, ticket)
     items = store().follow(
-        roomid, after=after, username=username, keepalive=current_app.config["SSE_KEEPALIVE"]
+        roomid,
+        after=after,
+        username=username,
+        keepalive=current_app.config["SSE_KEEPALIVE"],
+        closed=client_gone(),
     )
     streams: StreamCounter = current_app.extensions["flaskchat_streams"]
     release = streams.claim(client_ip(), int(current_app.config["MAX_STREAMS_PER_IP"]))
@@ -177,6 +182,14 @@ def events(roomid: str) -> Response:
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # tell nginx not to hold events back
     return response
+
+
+def client_gone() -> Callable[[], bool] | None:
+    """A check of whether the client hung up, where the server shows its socket
+    (gunicorn and werkzeug's server both do), so a closed page frees its stream
+    within seconds instead of at the next keep-alive."""
+    connection = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
+    return None if connection is None else hung_up(connection)
 
 
 def sse_lines(items: Iterator[StreamItem]) -> Iterator[str]:

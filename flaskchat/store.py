@@ -8,9 +8,10 @@ before anything reaches a backend.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -94,6 +95,10 @@ class Presence:
 # What an event stream yields: a message, a presence change, or None when it is
 # time for a keep-alive.
 StreamItem = Message | Presence | None
+
+
+def _never() -> bool:
+    return False
 
 
 class RoomStore:
@@ -347,11 +352,14 @@ class RoomStore:
         after: str | None = None,
         username: str | None = None,
         keepalive: float = 15.0,
+        closed: Callable[[], bool] | None = None,
     ) -> Iterator[StreamItem]:
         """An endless stream for one listener: first a `Presence`, then every
         message after id `after` (from storage, in order, none twice), then new
         ones as they come; None whenever `keepalive` seconds passed in silence.
         With `username`, the listener counts as present while the stream is open.
+        `closed` is asked at every wake-up (at least every `PRESENCE_CHECK`
+        seconds): once it says the listener has gone, the stream ends.
 
         Checks (unknown room, malformed `after`) run now, before the first item.
         """
@@ -361,10 +369,15 @@ class RoomStore:
         # Fixed now, so that a client may catch up from history as soon as the
         # response begins: everything after this point comes on the stream.
         cursor = after if after is not None else self.backend.latest_message_id(roomid)
-        return self._follow(roomid, cursor, username, keepalive)
+        return self._follow(roomid, cursor, username, keepalive, closed or _never)
 
     def _follow(
-        self, roomid: str, cursor: str | None, username: str | None, keepalive: float
+        self,
+        roomid: str,
+        cursor: str | None,
+        username: str | None,
+        keepalive: float,
+        closed: Callable[[], bool],
     ) -> Iterator[StreamItem]:
         stream = rules.new_token()
         with self.signals.listening(roomid):
@@ -375,7 +388,9 @@ class RoomStore:
                 shown = self.online(roomid)
                 yield Presence(shown)
                 now = time.monotonic()
-                next_keepalive, next_renewal = now + keepalive, now + PRESENCE_RENEW
+                next_keepalive = now + keepalive
+                # An anonymous listener has no presence to renew.
+                next_renewal = now + PRESENCE_RENEW if username is not None else math.inf
                 while True:
                     batch = self._messages_after(roomid, cursor, generation)
                     for stored in batch:
@@ -399,6 +414,8 @@ class RoomStore:
                         yield None
                     wake_at = min(next_keepalive, now + PRESENCE_CHECK, next_renewal)
                     generation = self.signals.wait(roomid, generation, wake_at - time.monotonic())
+                    if closed():
+                        return
             finally:
                 if username is not None:
                     # Best effort: if the store is down, the presence lapses by itself.

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import bisect
 import threading
-import time
 from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +32,10 @@ class MemoryBackend:
         self._lock = threading.Lock()
         self._rooms: dict[str, dict[str, Any]] = {}
         self._last_id = 0
+        # Rooms that gained messages since the watcher last asked, and the
+        # condition it waits on (sharing `_lock`), so listeners wake at once.
+        self._changed: set[str] = set()
+        self._appended = threading.Condition(self._lock)
 
     def create_room(self, roomid: str, alias: str) -> bool:
         with self._lock:
@@ -111,6 +114,8 @@ class MemoryBackend:
             room["messages"].append(message)
             if client_id is not None:
                 room["client_ids"][key, client_id] = message
+            self._changed.add(roomid)
+            self._appended.notify_all()
             return message, True
 
     def recent_messages(self, roomid: str, limit: int) -> list[StoredMessage]:
@@ -138,9 +143,15 @@ class MemoryBackend:
             return messages[-1].id if messages else None
 
     def wait_for_messages(self, roomids: Collection[str], timeout: float) -> set[str]:
-        """Nothing outside this process can write here: just let the time pass."""
-        time.sleep(timeout)
-        return set()
+        """Wait for an append to any of `roomids`. Only this process writes here, so
+        an append is the only news. Rooms not asked for keep their mark until
+        they are (at most one per room this store holds)."""
+        wanted = set(roomids)
+        with self._appended:
+            self._appended.wait_for(lambda: not self._changed.isdisjoint(wanted), timeout)
+            changed = self._changed & wanted
+            self._changed -= changed
+        return changed
 
     def add_ticket(self, roomid: str, digest: str, username: str, expires_at: float) -> None:
         with self._lock:

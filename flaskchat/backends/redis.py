@@ -22,13 +22,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import time
 from collections.abc import Callable, Collection, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import InvalidInput, StoreUnavailable
+from ..live import system_poll
 from .base import AddedUser, RoomDump, StoredMessage, UserRecord
 
 if TYPE_CHECKING:
@@ -106,10 +106,7 @@ def _connection_class() -> type[Any]:
 
     import redis
 
-    poll = select.poll
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None and monkey.is_module_patched("select"):
-        poll = monkey.get_original("select", "poll")
+    poll = system_poll()
 
     class Connection(redis.Connection):
         def can_read(self, timeout: float = 0) -> bool:

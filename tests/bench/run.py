@@ -95,6 +95,12 @@ def rss_kb(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used (fields 14 and 15 of its stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def call(base: str, path: str, body: dict[str, Any] | None = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
@@ -322,6 +328,8 @@ def run_store(
         results.update(stream_figures(store_url, store))
     if "growth" in parts:
         results["growth"] = growth_figures(store_url, store, small, middle, rounds, seconds)
+    if "idle" in parts:
+        results["idle"] = idle_figures(store_url, store, IDLE_SECONDS)
     store.close()
     return results
 
@@ -394,6 +402,40 @@ def stream_figures(store_url: str, store: RoomStore) -> dict[str, Any]:
     return results
 
 
+# Idle streams: half anonymous, half with a ticket (presence), measured after
+# their first presence renewal (15 s) is past.
+IDLE_STREAMS = 10
+IDLE_WARM_UP = 20.0
+IDLE_SECONDS = 60.0
+
+
+def idle_figures(store_url: str, store: RoomStore, seconds: float) -> dict[str, float]:
+    """The worker's CPU while streams stay open and nothing happens."""
+    room = make_room(store, "idle")
+
+    async def run(service: Service) -> dict[str, float]:
+        [worker] = worker_pids(service)
+        paths = []
+        for n in range(IDLE_STREAMS):
+            path = f"/{room['roomid']}/events"
+            if n % 2:
+                body = {"username": room["username"], "token": room["token"]}
+                ticket = call(service.url, f"/{room['roomid']}/ticket", body)["ticket"]
+                path += f"?ticket={ticket}"
+            paths.append(path)
+        listeners = [await listen(service.port, path) for path in paths]
+        await asyncio.sleep(IDLE_WARM_UP)
+        before, started = cpu_seconds(worker), time.monotonic()
+        await asyncio.sleep(seconds)
+        used, took = cpu_seconds(worker) - before, time.monotonic() - started
+        for listener in listeners:
+            listener.close()
+        return {"streams": IDLE_STREAMS, "seconds": took, "cpu_percent": 100 * used / took}
+
+    with gunicorn(store_url, workers=1) as service:
+        return asyncio.run(run(service))
+
+
 def growth_figures(
     store_url: str, store: RoomStore, small: dict[str, str], middle: str, rounds: int, seconds: int
 ) -> dict[str, dict[str, float]]:
@@ -429,6 +471,12 @@ def table(results: dict[str, Any]) -> str:
         if growth:
             rows += growth_rows(kind, growth)
         rows += stream_rows(kind, figures)
+        idle = figures.get("idle")
+        if idle:
+            rows.append(
+                f"| {kind} | {idle['streams']} idle streams (half with presence), "
+                f"{idle['seconds']:.0f} s | {idle['cpu_percent']:.2f} % of a core | target < 5 % |"
+            )
     return "\n".join(rows)
 
 
@@ -493,7 +541,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench-results.json")
     parser.add_argument("--stores", default="sqlite,redis")
     parser.add_argument(
-        "--parts", default="requests,streams,growth", help="which figures to measure"
+        "--parts", default="requests,streams,growth,idle", help="which figures to measure"
     )
     args = parser.parse_args()
     parts = set(args.parts.split(","))

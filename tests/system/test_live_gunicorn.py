@@ -164,3 +164,32 @@ def test_password_hashing_does_not_stall_a_gevent_worker(tmp_path: Path) -> None
         assert sum(done > health_done for done in finished.values()) >= 5, finished
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("worker", ["gevent", "gthread"])
+def test_a_closed_stream_frees_its_slot_within_seconds(tmp_path: Path, worker: str) -> None:
+    """With keep-alives ten minutes apart, only asking the socket can tell that the
+    client is gone; the per-IP stream cap of one then takes the next stream."""
+    env = {"FLASKCHAT_SSE_KEEPALIVE": "600", "FLASKCHAT_MAX_STREAMS_PER_IP": "1"}
+    server = gunicorn_service(
+        f"sqlite:///{tmp_path / 'chat.sqlite3'}",
+        tmp_path / "gunicorn.log",
+        *WORKER_ARGS[worker],
+        workers=1,
+        env=env,
+    ).start()
+    try:
+        roomid = call(server.url, "/createroom", {"alias": "hang up"})[1]["roomid"]
+        with EventStream(server.url, f"/{roomid}/events") as first:
+            assert first.next_event().event == "presence"
+            with EventStream(server.url, f"/{roomid}/events") as refused:
+                assert refused.status == 429
+        deadline = time.monotonic() + 8
+        status = 429
+        while status == 429 and time.monotonic() < deadline:
+            with EventStream(server.url, f"/{roomid}/events") as again:
+                status = again.status
+            time.sleep(0.2)
+        assert status == 200
+    finally:
+        server.stop()
