@@ -49,7 +49,10 @@ class RoomSignals:
         self._watcher: threading.Thread | None = None
 
     def notify(self, roomid: str) -> None:
+        """Wake the room's listeners; a room without any has nothing to count."""
         with self._lock:
+            if roomid not in self._listeners:
+                return
             self._generations[roomid] += 1
             event = self._events.get(roomid)
             if event is not None:
@@ -81,6 +84,7 @@ class RoomSignals:
                 if self._listeners[roomid] <= 0:
                     del self._listeners[roomid]
                     del self._events[roomid]
+                    self._generations.pop(roomid, None)
 
     def wait(self, roomid: str, seen: int, timeout: float) -> int:
         """Block until the room's generation differs from `seen` or `timeout` passes;

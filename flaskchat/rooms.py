@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Callable, Iterator
-from functools import lru_cache
 from typing import Any
 
 from flask import (
@@ -24,6 +24,7 @@ from werkzeug.exceptions import BadRequest
 from werkzeug.routing import BaseConverter
 
 from . import rules
+from .cache import BoundedCache
 from .errors import AuthenticationFailed
 from .limits import StreamCounter, client_ip
 from .live import hung_up
@@ -119,7 +120,7 @@ def get_conversation(roomid: str) -> Response:
     bodiless 304 while nothing changed. Every poll lands here, so the reply is
     put together from parts made once per snapshot (profile: parsing an absent
     header and building the response from parts were a third of this view)."""
-    body, tag = encoded_conversation(store().conversation_snapshot(roomid))
+    body, tag = encoded_conversation(roomid, store().conversation_snapshot(roomid))
     etag = f'"{tag}"'
     # Read straight from the environ: `headers.get` raises and catches a KeyError
     # on every poll that sends none. A poller sends back the ETag as it came.
@@ -129,14 +130,29 @@ def get_conversation(roomid: str) -> Response:
     return Response(body, headers={"ETag": etag}, content_type="application/json")
 
 
-@lru_cache(maxsize=1024)
-def encoded_conversation(snapshot: Conversation) -> tuple[bytes, str]:
+# Encoded replies, shared by every app of the process (README, Security: what a
+# worker's caches hold at most). A conversation is kept per room, only in its
+# latest form; an event per message.
+ENCODED_BYTES = 16 * 1024 * 1024
+EVENT_BYTES = 8 * 1024 * 1024
+_encoded = BoundedCache[str, tuple[Conversation, bytes, str]](
+    ENCODED_BYTES, lambda entry: len(entry[1])
+)
+_events = BoundedCache[Message, str](EVENT_BYTES, sys.getsizeof)
+
+
+def encoded_conversation(roomid: str, snapshot: Conversation) -> tuple[bytes, str]:
     """The reply body and its entity tag, built once per snapshot however often
     polled. The body is what `jsonify` sends in production (compact,
     ASCII-escaped); it depends on nothing but the snapshot, as a cache shared by
     every app must."""
+    cached = _encoded.get(roomid)
+    if cached is not None and cached[0] == snapshot:
+        return cached[1], cached[2]
     body = (json.dumps(list(snapshot.lines), separators=(",", ":")) + "\n").encode()
-    return body, hashlib.blake2b(body, digest_size=16).hexdigest()
+    tag = hashlib.blake2b(body, digest_size=16).hexdigest()
+    _encoded.put(roomid, (snapshot, body, tag))
+    return body, tag
 
 
 @bp.get("/messages")
@@ -205,11 +221,14 @@ def sse_lines(items: Iterator[StreamItem]) -> Iterator[str]:
             yield message_event(item)
 
 
-@lru_cache(maxsize=1024)
 def message_event(message: Message) -> str:
     """One SSE record per message, encoded once however many streams send it."""
-    data = json.dumps(message_json(message), ensure_ascii=False)
-    return f"id: {message.id}\nevent: message\ndata: {data}\n\n"
+    event = _events.get(message)
+    if event is None:
+        data = json.dumps(message_json(message), ensure_ascii=False)
+        event = f"id: {message.id}\nevent: message\ndata: {data}\n\n"
+        _events.put(message, event)
+    return event
 
 
 def message_json(message: Message) -> dict[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from . import rules
 from .backends import Backend, StoredMessage, UserRecord, open_backend
 from .backends.base import AddedUser
+from .cache import BoundedCache, size_of_strings
 from .errors import (
     AuthenticationFailed,
     InvalidInput,
@@ -49,8 +51,15 @@ PRESENCE_CHECK = 2.0
 # Missed messages are replayed in batches of this many.
 REPLAY_BATCH = 200
 PAGE_MAX = 200
-# Entries per in-process cache.
-CACHE_SIZE = 10_000
+# What each in-process cache may hold at most, in bytes (README, Security):
+# clients choose what is cached, so no cache is bounded by entries alone.
+MIB = 1024 * 1024
+FORMATTED_BYTES = 16 * MIB  # formatted messages
+CONVERSATION_BYTES = 16 * MIB  # the latest conversation of each room
+SHARED_READ_BYTES = 16 * MIB  # the latest read of each room's listeners
+SMALL_CACHE_BYTES = 2 * MIB  # each of: aliases, display names, online lists
+# How long a room's online list is reused by the streams of this process.
+ONLINE_CACHE_AGE = 0.5
 # How long listeners woken together may share one read. Beyond it a listener
 # reads again, so a wake-up that never came costs at most one presence check.
 SHARED_READ_AGE = 1.0
@@ -97,8 +106,29 @@ class Presence:
 StreamItem = Message | Presence | None
 
 
+@dataclass(frozen=True, slots=True)
+class SharedRead:
+    """What the listeners of a room woken together read, for those that follow."""
+
+    cursor: str | None
+    generation: int
+    read_at: float
+    batch: list[StoredMessage]
+
+
 def _never() -> bool:
     return False
+
+
+def _stored_size(stored: StoredMessage) -> int:
+    # The object, its datetime, and its strings.
+    return 150 + size_of_strings((stored.id, stored.username, stored.text))
+
+
+def _message_size(message: Message) -> int:
+    """A formatted message shares its strings with the stored one it came from,
+    which is its key in the cache: both are counted here."""
+    return 300 + size_of_strings((message.id, message.username, message.text, message.line))
 
 
 class RoomStore:
@@ -130,18 +160,24 @@ class RoomStore:
         self.max_users_per_room = max_users_per_room
         # Logging in again past this many devices logs the oldest one out.
         self.max_tokens_per_user = max_tokens_per_user
-        # Rooms are never deleted and their alias never changes, so a room seen once
-        # can be answered from memory ever after.
-        self._aliases: dict[str, str] = {}
         self.signals = RoomSignals(backend)
-        # Bounded caches of what never changes once written (each is emptied when
-        # full): formatted messages, display names, conversations by newest id,
-        # and the last read of each room's listeners.
-        self._formatted: dict[StoredMessage, Message] = {}
-        self._names: dict[tuple[str, str], str] = {}
-        self._conversations: dict[str, Conversation] = {}
-        self._wakeups: dict[tuple[str, str | None], tuple[int, float, list[StoredMessage]]] = {}
-        self._online_cache: dict[str, tuple[float, list[str]]] = {}
+        # Caches, each bounded in bytes. Rooms are never deleted and their alias
+        # never changes, so a room seen once can be answered from memory; nor do
+        # messages and display names change once written. A conversation is
+        # kept with the newest id it was read at, the listeners' shared read
+        # with its cursor and generation, an online list for a moment.
+        self._aliases = BoundedCache[str, str](SMALL_CACHE_BYTES, sys.getsizeof)
+        self._formatted = BoundedCache[StoredMessage, Message](FORMATTED_BYTES, _message_size)
+        self._names = BoundedCache[tuple[str, str], str](SMALL_CACHE_BYTES, sys.getsizeof)
+        self._conversations = BoundedCache[str, Conversation](
+            CONVERSATION_BYTES, lambda snapshot: size_of_strings(snapshot.lines)
+        )
+        self._wakeups = BoundedCache[str, SharedRead](
+            SHARED_READ_BYTES, lambda shared: sum(map(_stored_size, shared.batch))
+        )
+        self._online_cache = BoundedCache[str, tuple[float, list[str]]](
+            SMALL_CACHE_BYTES, lambda entry: size_of_strings(entry[1])
+        )
 
     @classmethod
     def from_url(
@@ -157,7 +193,7 @@ class RoomStore:
         while True:
             roomid = rules.new_roomid()
             if self.backend.create_room(roomid, alias):
-                self._aliases[roomid] = alias
+                self._aliases.put(roomid, alias)
                 return roomid
 
     def alias(self, roomid: str) -> str:
@@ -170,7 +206,7 @@ class RoomStore:
         alias = self.backend.room_alias(roomid)
         if alias is None:
             raise RoomNotFound()
-        self._aliases[roomid] = alias
+        self._aliases.put(roomid, alias)
         return alias
 
     # Accounts
@@ -281,9 +317,7 @@ class RoomStore:
             return cached
         recent = self.backend.recent_messages(roomid, limit)
         snapshot = Conversation(version, tuple(self._message(m).line for m in recent))
-        if len(self._conversations) >= CACHE_SIZE:
-            self._conversations.clear()
-        self._conversations[roomid] = snapshot
+        self._conversations.put(roomid, snapshot)
         return snapshot
 
     def messages(
@@ -342,7 +376,7 @@ class RoomStore:
         if cached is not None and cached[0] > now:
             return list(cached[1])
         names = self.backend.online(roomid, time.time())
-        self._online_cache[roomid] = (now + 1.0, names)
+        self._online_cache.put(roomid, (now + ONLINE_CACHE_AGE, names))
         return names
 
     def follow(
@@ -425,7 +459,7 @@ class RoomStore:
     def _set_presence(self, roomid: str, stream: str, username: str, lifetime: float) -> None:
         before = self.online(roomid)
         self.backend.set_presence(roomid, stream, username, time.time() + lifetime)
-        self._online_cache.pop(roomid, None)
+        self._online_cache.pop(roomid)
         if self.online(roomid) != before:
             self.signals.notify(roomid)
 
@@ -436,9 +470,7 @@ class RoomStore:
         if message is None:
             line = rules.format_line(stored.posted_at, stored.username, stored.text, self.tz)
             message = Message(stored.id, stored.posted_at, stored.username, stored.text, line)
-            if len(self._formatted) >= CACHE_SIZE:
-                self._formatted.clear()
-            self._formatted[stored] = message
+            self._formatted.put(stored, message)
         return message
 
     def _display_name(self, roomid: str, key: str) -> str:
@@ -448,9 +480,8 @@ class RoomStore:
             user = self.backend.get_user(roomid, key)
             if user is None:  # the account is gone: treat as logged out
                 raise AuthenticationFailed(NOT_LOGGED_IN)
-            if len(self._names) >= CACHE_SIZE:
-                self._names.clear()
-            name = self._names[roomid, key] = user.username
+            name = user.username
+            self._names.put((roomid, key), name)
         return name
 
     def _messages_after(
@@ -459,15 +490,18 @@ class RoomStore:
         """What listeners of one room read when they wake together: the first of
         them asks the backend, the others at the same cursor share its answer
         for a moment."""
-        key = (roomid, cursor)
         now = time.monotonic()
-        shared = self._wakeups.get(key)
-        if shared is not None and shared[0] == generation and now - shared[1] < SHARED_READ_AGE:
-            return shared[2]
+        shared = self._wakeups.get(roomid)
+        if (
+            shared is not None
+            and shared.cursor == cursor
+            and shared.generation == generation
+            and now - shared.read_at < SHARED_READ_AGE
+        ):
+            return shared.batch
         batch = self.backend.messages_after(roomid, cursor, REPLAY_BATCH)
-        if len(self._wakeups) >= CACHE_SIZE:
-            self._wakeups.clear()
-        self._wakeups[key] = (generation, now, batch)
+        # Only the latest read of a room is kept: live listeners share one cursor.
+        self._wakeups.put(roomid, SharedRead(cursor, generation, now, batch))
         return batch
 
     # Whole store
