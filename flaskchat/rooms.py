@@ -182,12 +182,10 @@ def events(roomid: str) -> Response:
     """Server-Sent Events: missed messages from `Last-Event-ID` (or `?after=`) on,
     then live ones, with presence changes and keep-alive comments between."""
     after = request.headers.get("Last-Event-ID") or request.args.get("after")
-    ticket = request.args.get("ticket")
-    username = None if ticket is None else store().redeem_ticket(roomid, ticket)
     items = store().follow(
         roomid,
         after=after,
-        username=username,
+        ticket=request.args.get("ticket"),
         keepalive=current_app.config["SSE_KEEPALIVE"],
         closed=client_gone(),
     )

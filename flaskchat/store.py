@@ -262,9 +262,22 @@ class RoomStore:
         return token
 
     def logout(self, roomid: str, username: str, token: str) -> None:
-        """Revoke one token; the user's other devices stay logged in."""
+        """Revoke one token and end what it opened: its unused stream tickets stop
+        working, its streams stop counting the user as present. The user's other
+        devices stay logged in and online."""
         key = self._authenticate(roomid, username, token)
-        self.backend.remove_token(roomid, key, rules.token_digest(token))
+        session = rules.token_digest(token)
+        self.backend.remove_token(roomid, key, session)
+        self.backend.end_presence(roomid, session)
+        self._online_cache.pop(roomid)
+        self.signals.notify(roomid)  # this process's listeners look at once
+
+    def _session_live(self, roomid: str, username: str, session: str) -> bool:
+        """Whether the login that opened a stream still holds (tickets made before
+        sessions were recorded have none, and count as live)."""
+        if not session:
+            return True
+        return session in self.backend.token_digests(roomid, rules.username_key(username))
 
     def _authenticate(self, roomid: str, username: str, token: str) -> str:
         """Return the user's key if `token` is one of their live tokens."""
@@ -355,18 +368,23 @@ class RoomStore:
         name = self._display_name(roomid, key)
         ticket = rules.new_token()
         expires_at = time.time() + TICKET_LIFETIME
-        self.backend.add_ticket(roomid, rules.token_digest(ticket), name, expires_at)
+        session = rules.token_digest(token)
+        self.backend.add_ticket(roomid, rules.token_digest(ticket), name, expires_at, session)
         return ticket
 
     def redeem_ticket(self, roomid: str, ticket: str) -> str:
         """Use up a ticket; returns the name it was issued to."""
+        return self._redeem(roomid, ticket)[0]
+
+    def _redeem(self, roomid: str, ticket: str) -> tuple[str, str]:
+        """Use up a ticket whose login still holds; its name and session."""
         self.alias(roomid)
-        username = self.backend.take_ticket(roomid, rules.token_digest(ticket), time.time())
-        if username is None:
+        taken = self.backend.take_ticket(roomid, rules.token_digest(ticket), time.time())
+        if taken is None or not self._session_live(roomid, *taken):
             raise AuthenticationFailed(
                 "This stream ticket was already used or has expired. Please reconnect."
             )
-        return username
+        return taken
 
     def online(self, roomid: str) -> list[str]:
         """Names with an open event stream (or one closed within the grace period).
@@ -384,6 +402,7 @@ class RoomStore:
         roomid: str,
         *,
         after: str | None = None,
+        ticket: str | None = None,
         username: str | None = None,
         keepalive: float = 15.0,
         closed: Callable[[], bool] | None = None,
@@ -391,25 +410,31 @@ class RoomStore:
         """An endless stream for one listener: first a `Presence`, then every
         message after id `after` (from storage, in order, none twice), then new
         ones as they come; None whenever `keepalive` seconds passed in silence.
-        With `username`, the listener counts as present while the stream is open.
-        `closed` is asked at every wake-up (at least every `PRESENCE_CHECK`
-        seconds): once it says the listener has gone, the stream ends.
+        With a `ticket` (or, from a script, a `username`), the listener counts as
+        present while the stream is open and its login holds. `closed` is asked
+        at every wake-up (at least every `PRESENCE_CHECK` seconds): once it says
+        the listener has gone, the stream ends.
 
-        Checks (unknown room, malformed `after`) run now, before the first item.
+        Checks (unknown room, malformed `after`, a bad ticket) run now, before
+        the first item.
         """
         self.alias(roomid)
         if after is not None:
             self.backend.messages_after(roomid, after, 0)
+        session = ""
+        if ticket is not None:
+            username, session = self._redeem(roomid, ticket)
         # Fixed now, so that a client may catch up from history as soon as the
         # response begins: everything after this point comes on the stream.
         cursor = after if after is not None else self.backend.latest_message_id(roomid)
-        return self._follow(roomid, cursor, username, keepalive, closed or _never)
+        return self._follow(roomid, cursor, username, session, keepalive, closed or _never)
 
     def _follow(
         self,
         roomid: str,
         cursor: str | None,
         username: str | None,
+        session: str,
         keepalive: float,
         closed: Callable[[], bool],
     ) -> Iterator[StreamItem]:
@@ -417,7 +442,7 @@ class RoomStore:
         with self.signals.listening(roomid):
             try:
                 if username is not None:
-                    self._set_presence(roomid, stream, username, PRESENCE_LIFETIME)
+                    self._set_presence(roomid, stream, username, PRESENCE_LIFETIME, session)
                 generation = self.signals.generation(roomid)
                 shown = self.online(roomid)
                 yield Presence(shown)
@@ -441,8 +466,11 @@ class RoomStore:
                         next_keepalive = now + keepalive
                         yield Presence(online)
                     if username is not None and now >= next_renewal:
-                        self._set_presence(roomid, stream, username, PRESENCE_LIFETIME)
                         next_renewal = now + PRESENCE_RENEW
+                        if self._session_live(roomid, username, session):
+                            self._set_presence(roomid, stream, username, PRESENCE_LIFETIME, session)
+                        else:  # logged out: read on, no longer present
+                            username, next_renewal = None, math.inf
                     if now >= next_keepalive:
                         next_keepalive = now + keepalive
                         yield None
@@ -451,14 +479,17 @@ class RoomStore:
                     if closed():
                         return
             finally:
-                if username is not None:
-                    # Best effort: if the store is down, the presence lapses by itself.
-                    with contextlib.suppress(StoreUnavailable):
-                        self._set_presence(roomid, stream, username, PRESENCE_GRACE)
+                # Best effort: if the store is down, the presence lapses by itself.
+                # After a logout there is no reconnect to wait for: no grace.
+                with contextlib.suppress(StoreUnavailable):
+                    if username is not None and self._session_live(roomid, username, session):
+                        self._set_presence(roomid, stream, username, PRESENCE_GRACE, session)
 
-    def _set_presence(self, roomid: str, stream: str, username: str, lifetime: float) -> None:
+    def _set_presence(
+        self, roomid: str, stream: str, username: str, lifetime: float, session: str
+    ) -> None:
         before = self.online(roomid)
-        self.backend.set_presence(roomid, stream, username, time.time() + lifetime)
+        self.backend.set_presence(roomid, stream, username, time.time() + lifetime, session)
         self._online_cache.pop(roomid)
         if self.online(roomid) != before:
             self.signals.notify(roomid)

@@ -240,6 +240,10 @@ class EventStream:
             if event.event == kind:
                 return event
 
+    def set_timeout(self, seconds: float) -> None:
+        """How long a read may wait from now on (the response holds the socket)."""
+        self.response.fp.raw._sock.settimeout(seconds)  # type: ignore[union-attr]
+
     def messages(self, count: int) -> list[Event]:
         return [self.next_of("message") for _ in range(count)]
 

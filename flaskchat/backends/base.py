@@ -121,14 +121,24 @@ class Backend(Protocol):
         """Block up to `timeout` seconds until any process may have added messages
         to any of `roomids`; return those rooms (a superset is allowed)."""
 
-    def add_ticket(self, roomid: str, digest: str, username: str, expires_at: float) -> None:
-        """Store a single-use stream ticket (as its digest) until `expires_at`."""
+    def add_ticket(
+        self, roomid: str, digest: str, username: str, expires_at: float, session: str
+    ) -> None:
+        """Store a single-use stream ticket (as its digest) until `expires_at`,
+        issued to the login `session` (the digest of the token that asked)."""
 
-    def take_ticket(self, roomid: str, digest: str, now: float) -> str | None:
-        """Atomically remove a ticket; the username if it existed and was still valid."""
+    def take_ticket(self, roomid: str, digest: str, now: float) -> tuple[str, str] | None:
+        """Atomically remove a ticket; its username and session if it existed and
+        was still valid (a ticket stored without a session gives "")."""
 
-    def set_presence(self, roomid: str, stream: str, username: str, expires_at: float) -> None:
-        """Say that `username` listens on `stream` until `expires_at`."""
+    def set_presence(
+        self, roomid: str, stream: str, username: str, expires_at: float, session: str
+    ) -> None:
+        """Say that `username` listens on `stream`, opened by `session`, until
+        `expires_at`; entries that have expired are removed for good."""
+
+    def end_presence(self, roomid: str, session: str) -> None:
+        """Remove at once the presence of every stream that `session` opened."""
 
     def online(self, roomid: str, now: float) -> list[str]:
         """Names with a presence that has not expired, sorted."""

@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import bisect
 import threading
+import time
 from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from .base import AddedUser, RoomDump, StoredMessage, UserRecord, parse_sequence_id
+
+
+def _drop_expired(entries: dict[str, tuple[str, float, str]], now: float) -> None:
+    """Remove (username, expires_at, session) entries whose time has passed."""
+    for stale in [key for key, entry in entries.items() if entry[1] <= now]:
+        del entries[stale]
 
 
 class MemoryBackend:
@@ -22,8 +29,8 @@ class MemoryBackend:
                   "users": {key: {"user": UserRecord, "tokens": {digest: None}}},
                   "messages": [StoredMessage, ...],
                   "client_ids": {(key, client_id): StoredMessage},
-                  "tickets": {digest: (username, expires_at)},
-                  "presence": {stream: (username, expires_at)}}}
+                  "tickets": {digest: (username, expires_at, session)},
+                  "presence": {stream: (username, expires_at, session)}}}
 
     Every public method takes `_lock` for its whole body, so each is atomic.
     """
@@ -153,28 +160,38 @@ class MemoryBackend:
             self._changed -= changed
         return changed
 
-    def add_ticket(self, roomid: str, digest: str, username: str, expires_at: float) -> None:
+    def add_ticket(
+        self, roomid: str, digest: str, username: str, expires_at: float, session: str
+    ) -> None:
         with self._lock:
-            self._rooms[roomid]["tickets"][digest] = (username, expires_at)
+            self._rooms[roomid]["tickets"][digest] = (username, expires_at, session)
 
-    def take_ticket(self, roomid: str, digest: str, now: float) -> str | None:
+    def take_ticket(self, roomid: str, digest: str, now: float) -> tuple[str, str] | None:
         with self._lock:
             tickets = self._rooms[roomid]["tickets"]
-            for stale in [d for d, (_, expires) in tickets.items() if expires <= now]:
-                del tickets[stale]
+            _drop_expired(tickets, now)
             entry = tickets.pop(digest, None)
-            return None if entry is None else str(entry[0])
+            return None if entry is None else (entry[0], entry[2])
 
-    def set_presence(self, roomid: str, stream: str, username: str, expires_at: float) -> None:
+    def set_presence(
+        self, roomid: str, stream: str, username: str, expires_at: float, session: str
+    ) -> None:
         with self._lock:
-            self._rooms[roomid]["presence"][stream] = (username, expires_at)
+            presence = self._rooms[roomid]["presence"]
+            _drop_expired(presence, time.time())
+            presence[stream] = (username, expires_at, session)
+
+    def end_presence(self, roomid: str, session: str) -> None:
+        with self._lock:
+            presence = self._rooms[roomid]["presence"]
+            for stream in [s for s, entry in presence.items() if entry[2] == session]:
+                del presence[stream]
 
     def online(self, roomid: str, now: float) -> list[str]:
         with self._lock:
             presence = self._rooms[roomid]["presence"]
-            for stale in [s for s, (_, expires) in presence.items() if expires <= now]:
-                del presence[stale]
-            return sorted({username for username, _ in presence.values()})
+            _drop_expired(presence, now)
+            return sorted({entry[0] for entry in presence.values()})
 
     def room_ids(self) -> Iterator[str]:
         with self._lock:

@@ -13,8 +13,8 @@ of a Redis Cluster and its multi-key scripts stay legal there:
     flaskchat:{roomid}:tokens:<key>         ZSET of token digests by creation time
     flaskchat:{roomid}:messages             STREAM of messages (ids are the stream's)
     flaskchat:{roomid}:client_ids           HASH "<key> <client_id>" -> message id
-    flaskchat:{roomid}:ticket:<digest>      STRING username, expiring
-    flaskchat:{roomid}:presence             ZSET "<stream> <username>" by expiry
+    flaskchat:{roomid}:ticket:<digest>      STRING "<expiry> <session> <username>", expiring
+    flaskchat:{roomid}:presence             ZSET "<stream> <session> <username>" by expiry
 """
 
 from __future__ import annotations
@@ -384,34 +384,50 @@ class RedisBackend:
             changed.add(roomid)
         return changed
 
-    def add_ticket(self, roomid: str, digest: str, username: str, expires_at: float) -> None:
+    def add_ticket(
+        self, roomid: str, digest: str, username: str, expires_at: float, session: str
+    ) -> None:
         lifetime_ms = max(int((expires_at - time.time()) * 1000), 1)
         key = _key(roomid, "ticket", digest)
-        self._call(lambda: self.client.set(key, f"{expires_at} {username}", px=lifetime_ms))
+        value = f"{expires_at} {session} {username}"
+        self._call(lambda: self.client.set(key, value, px=lifetime_ms))
 
-    def take_ticket(self, roomid: str, digest: str, now: float) -> str | None:
+    def take_ticket(self, roomid: str, digest: str, now: float) -> tuple[str, str] | None:
         value = self._call(lambda: self.client.getdel(_key(roomid, "ticket", digest)))
         if value is None:
             return None
-        expires_at, username = value.split(" ", 1)
-        return str(username) if float(expires_at) > now else None
+        expires_at, *session, username = value.split(" ")  # written without a session once
+        return (username, "".join(session)) if float(expires_at) > now else None
 
-    def set_presence(self, roomid: str, stream: str, username: str, expires_at: float) -> None:
+    def set_presence(
+        self, roomid: str, stream: str, username: str, expires_at: float, session: str
+    ) -> None:
         key = _key(roomid, "presence")
 
         def update() -> None:
             pipe = self.client.pipeline()
-            pipe.zadd(key, {f"{stream} {username}": expires_at})
+            pipe.zadd(key, {f"{stream} {session} {username}": expires_at})
             pipe.zremrangebyscore(key, "-inf", time.time())
             pipe.execute()
 
         self._call(update)
 
+    def end_presence(self, roomid: str, session: str) -> None:
+        """A room's presence holds one entry per open stream: few enough to scan."""
+        key = _key(roomid, "presence")
+
+        def end() -> None:
+            ended = [m for m in self.client.zrange(key, 0, -1) if m.split(" ")[1:-1] == [session]]
+            if ended:
+                self.client.zrem(key, *ended)
+
+        self._call(end)
+
     def online(self, roomid: str, now: float) -> list[str]:
         members = self._call(
             lambda: self.client.zrangebyscore(_key(roomid, "presence"), f"({now}", "+inf")
         )
-        return sorted({member.split(" ", 1)[1] for member in members})
+        return sorted({member.rsplit(" ", 1)[1] for member in members})
 
     def room_ids(self) -> Iterator[str]:
         return iter(sorted(self._call(lambda: self.client.smembers(f"{PREFIX}:rooms"))))

@@ -103,6 +103,14 @@ MIGRATIONS: tuple[str, ...] = (
         beat_us INTEGER NOT NULL
     );
     """,
+    # Tickets and presence remember the login session (token digest) that made
+    # them, so a logout ends them; expired presence is found by its index.
+    """
+    ALTER TABLE tickets ADD COLUMN session TEXT NOT NULL DEFAULT '';
+    ALTER TABLE presence ADD COLUMN session TEXT NOT NULL DEFAULT '';
+    CREATE INDEX presence_by_expiry ON presence (expires_at);
+    CREATE INDEX presence_by_session ON presence (room_id, session);
+    """,
 )
 
 
@@ -621,29 +629,42 @@ class SqliteBackend:
             raise StoreUnavailable() from exc
         return os.getpid(), conn, version, newest
 
-    def add_ticket(self, roomid: str, digest: str, username: str, expires_at: float) -> None:
+    def add_ticket(
+        self, roomid: str, digest: str, username: str, expires_at: float, session: str
+    ) -> None:
         with self._transaction() as conn:
             conn.execute("DELETE FROM tickets WHERE expires_at <= ?", (time.time(),))
             conn.execute(
-                "INSERT INTO tickets (digest, room_id, username, expires_at) VALUES (?, ?, ?, ?)",
-                (digest, roomid, username, expires_at),
+                "INSERT INTO tickets (digest, room_id, username, expires_at, session)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (digest, roomid, username, expires_at, session),
             )
 
-    def take_ticket(self, roomid: str, digest: str, now: float) -> str | None:
+    def take_ticket(self, roomid: str, digest: str, now: float) -> tuple[str, str] | None:
         with self._transaction() as conn:
             row = conn.execute(
                 "DELETE FROM tickets WHERE digest = ? AND room_id = ?"
-                " RETURNING username, expires_at",
+                " RETURNING username, expires_at, session",
                 (digest, roomid),
             ).fetchone()
-        return None if row is None or row[1] <= now else str(row[0])
+        return None if row is None or row[1] <= now else (str(row[0]), str(row[2]))
 
-    def set_presence(self, roomid: str, stream: str, username: str, expires_at: float) -> None:
+    def set_presence(
+        self, roomid: str, stream: str, username: str, expires_at: float, session: str
+    ) -> None:
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM presence WHERE expires_at <= ?", (time.time(),))
+            conn.execute(
+                "INSERT INTO presence (room_id, stream, username, expires_at, session)"
+                " VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (room_id, stream) DO UPDATE SET expires_at = excluded.expires_at",
+                (roomid, stream, username, expires_at, session),
+            )
+
+    def end_presence(self, roomid: str, session: str) -> None:
         with self._transaction() as conn:
             conn.execute(
-                "INSERT INTO presence (room_id, stream, username, expires_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (room_id, stream) DO UPDATE SET expires_at = excluded.expires_at",
-                (roomid, stream, username, expires_at),
+                "DELETE FROM presence WHERE room_id = ? AND session = ?", (roomid, session)
             )
 
     def online(self, roomid: str, now: float) -> list[str]:
