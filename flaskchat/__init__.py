@@ -3,8 +3,10 @@
 from .app import create_app
 from .errors import (
     AuthenticationFailed,
+    Forbidden,
     InvalidInput,
     LimitReached,
+    NotFound,
     RoomNotFound,
     StoreError,
     StoreUnavailable,
@@ -15,9 +17,11 @@ from .store import Conversation, Message, RoomStore
 __all__ = [
     "AuthenticationFailed",
     "Conversation",
+    "Forbidden",
     "InvalidInput",
     "LimitReached",
     "Message",
+    "NotFound",
     "RoomNotFound",
     "RoomStore",
     "StoreError",

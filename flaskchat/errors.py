@@ -46,6 +46,18 @@ class UsernameTaken(StoreError):
     status = 409
 
 
+class Forbidden(StoreError):
+    """Known, but not allowed: a banned name, a closed room, someone else's message."""
+
+    status = 403
+
+
+class NotFound(StoreError):
+    """No such message or member in the room."""
+
+    status = 404
+
+
 class LimitReached(StoreError):
     """A per-room limit that keeps one user from crowding out the others."""
 

@@ -59,6 +59,11 @@ def address_and_account() -> str:
     return f"{client_ip()}|{room_user()}"
 
 
+def room_owner() -> str:
+    """Key for the lock-out of one client address from a room's owner powers."""
+    return f"{client_ip()}|{(request.view_args or {}).get('roomid', '')}:owner"
+
+
 def setting(name: str) -> Callable[[], str]:
     return lambda: str(current_app.config[name])
 
@@ -86,6 +91,19 @@ ROUTE_LIMITS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("RATELIMIT_MESSAGE_USER", {"key_func": room_user, "deduct_when": answered(200)}),
     ],
     "rooms.ticket": [("RATELIMIT_TICKET", {})],
+    **{
+        f"rooms.{view}": [("RATELIMIT_OWNER_FAILURES", {"key_func": room_owner, "scope": LOCKOUT})]
+        for view in (
+            "delete_message",
+            "ban",
+            "unban",
+            "settings",
+            "update_settings",
+            "export",
+            "rotate_owner_key",
+            "delete_room",
+        )
+    },
 }
 
 

@@ -19,11 +19,11 @@ def home() -> str:
 
 
 @bp.post("/createroom")
-@failure_shape(roomid=None)
+@failure_shape(roomid=None, owner_key=None)
 def create_room() -> Any:
     fields = json_fields("alias")
-    roomid = store().create_room(fields["alias"])
-    return jsonify({"roomid": roomid})
+    room = store().new_room(fields["alias"])
+    return jsonify({"roomid": room.roomid, "owner_key": room.owner_key})
 
 
 @bp.get("/openapi.json")

@@ -24,13 +24,14 @@ from werkzeug.exceptions import BadRequest
 from werkzeug.routing import BaseConverter
 
 from . import rules
+from .backends.base import UNSET
 from .cache import BoundedCache
 from .errors import AuthenticationFailed
 from .limits import StreamCounter, client_ip
 from .live import hung_up
 from .logs import room_log_id
-from .store import Conversation, Message, Presence, StreamItem
-from .web import failure_shape, html_page, json_fields, store
+from .store import Conversation, Message, OwnerSettings, Presence, RoomEvent, StreamItem
+from .web import failure_shape, html_page, json_fields, json_object, store
 
 
 class RoomIdConverter(BaseConverter):
@@ -215,8 +216,20 @@ def sse_lines(items: Iterator[StreamItem]) -> Iterator[str]:
             yield ": keep-alive\n\n"
         elif isinstance(item, Presence):
             yield f"event: presence\ndata: {json.dumps({'online': item.online})}\n\n"
+        elif isinstance(item, RoomEvent):
+            yield room_event(item)
         else:
             yield message_event(item)
+
+
+def room_event(event: RoomEvent) -> str:
+    """A moderation event as SSE: `delete` names the message removed, `ban` and
+    `unban` the member, and `gone` (the room was deleted) ends the stream."""
+    if event.kind == "gone":
+        return "event: gone\ndata: {}\n\n"
+    field = "id" if event.kind == "delete" else "username"
+    data = json.dumps({field: event.subject}, ensure_ascii=False)
+    return f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n"
 
 
 def message_event(message: Message) -> str:
@@ -237,3 +250,110 @@ def message_json(message: Message) -> dict[str, str]:
         "text": message.text,
         "line": message.line,
     }
+
+
+# Owners (DESIGN 1.3): each view checks nothing itself; the store knows the key.
+
+
+@bp.post("/delete_message")
+def delete_message(roomid: str) -> Any:
+    """The author (`username` and `token`) or the owner (`owner_key`) removes a message."""
+    fields = json_fields("id", optional=("username", "token", "owner_key"))
+    if "owner_key" not in fields and not {"username", "token"} <= fields.keys():
+        raise BadRequest("Send your username and token, or the room's owner key.")
+    store().delete_message(
+        roomid,
+        fields["id"],
+        username=fields.get("username"),
+        token=fields.get("token"),
+        owner_key=fields.get("owner_key"),
+    )
+    return jsonify({"succeeded": True, "explanation": None})
+
+
+@bp.post("/ban")
+def ban(roomid: str) -> Any:
+    fields = json_fields("owner_key", "username")
+    store().ban(roomid, fields["owner_key"], fields["username"])
+    return jsonify({"succeeded": True, "explanation": None})
+
+
+@bp.post("/unban")
+def unban(roomid: str) -> Any:
+    fields = json_fields("owner_key", "username")
+    store().unban(roomid, fields["owner_key"], fields["username"])
+    return jsonify({"succeeded": True, "explanation": None})
+
+
+@bp.get("/settings")
+def settings(roomid: str) -> Any:
+    """Public, but for the ban list, which comes with `Authorization: Bearer KEY`."""
+    owner_key = None
+    if request.authorization is not None and request.authorization.type == "bearer":
+        owner_key = request.authorization.token or ""
+    return jsonify(settings_json(store().settings(roomid, owner_key)))
+
+
+@bp.post("/settings")
+@failure_shape(settings=None)
+def update_settings(roomid: str) -> Any:
+    fields = json_fields("owner_key", optional=("registration",))
+    changed = store().update_settings(
+        roomid,
+        fields["owner_key"],
+        registration=fields.get("registration"),
+        retention_days=json_object().get("retention_days", UNSET),
+    )
+    return jsonify({"succeeded": True, "settings": settings_json(changed)})
+
+
+def settings_json(settings: OwnerSettings) -> dict[str, Any]:
+    shown: dict[str, Any] = {
+        "registration": "open" if settings.registration_open else "closed",
+        "retention_days": settings.retention_days,
+    }
+    if settings.banned is not None:
+        shown["banned"] = settings.banned
+    return shown
+
+
+@bp.post("/export")
+def export(roomid: str) -> Response:
+    """The whole history, streamed as it is read: JSON, or the seed's lines."""
+    fields = json_fields("owner_key", optional=("format",))
+    kind = fields.get("format", "json")
+    if kind not in ("json", "text"):
+        raise BadRequest('The format must be "json" or "text".')
+    alias = store().alias(roomid)
+    messages = store().export(roomid, fields["owner_key"])
+    if kind == "text":
+        body: Iterator[str] = (message.line + "\n" for message in messages)
+        response = Response(body, mimetype="text/plain")
+    else:
+        response = Response(export_json(roomid, alias, messages), mimetype="application/json")
+    response.headers["Content-Disposition"] = (
+        f'attachment; filename="room.{"txt" if kind == "text" else "json"}"'
+    )
+    return response
+
+
+def export_json(roomid: str, alias: str, messages: Iterator[Message]) -> Iterator[str]:
+    yield json.dumps({"roomid": roomid, "alias": alias})[:-1] + ', "messages": ['
+    for n, message in enumerate(messages):
+        yield ("," if n else "") + json.dumps(message_json(message))
+    yield "]}\n"
+
+
+@bp.post("/owner_key")
+@failure_shape(owner_key=None)
+def rotate_owner_key(roomid: str) -> Any:
+    fields = json_fields("owner_key")
+    new_key = store().rotate_owner_key(roomid, fields["owner_key"])
+    return jsonify({"succeeded": True, "owner_key": new_key})
+
+
+@bp.post("/delete_room")
+def delete_room(roomid: str) -> Any:
+    fields = json_fields("owner_key")
+    store().delete_room(roomid, fields["owner_key"])
+    return jsonify({"succeeded": True, "explanation": None})

@@ -146,6 +146,26 @@ def digest_matches(candidate: str, stored: Iterable[str]) -> bool:
     return found
 
 
+def key_matches(key: str, digest: str) -> bool:
+    """Whether `key` (an owner key) has the stored SHA-256 `digest`, in constant
+    time; nothing matches an empty digest (a room made before rooms had owners)."""
+    return bool(digest) and hmac.compare_digest(token_digest(key), digest)
+
+
+RETENTION_MAX_DAYS = 3650
+
+
+def check_retention_days(days: object) -> int | None:
+    """How many days a room keeps its messages: 1 to 3650, or None for ever."""
+    if days is None:
+        return None
+    if isinstance(days, bool) or not isinstance(days, int):
+        raise InvalidInput("retention_days must be a whole number of days, or null.")
+    if not 1 <= days <= RETENTION_MAX_DAYS:
+        raise InvalidInput(f"retention_days must be from 1 to {RETENTION_MAX_DAYS}, or null.")
+    return days
+
+
 def is_text(value: str) -> bool:
     """False for strings that hold lone surrogates (JSON can carry them)."""
     try:

@@ -34,6 +34,8 @@ DEFAULTS: dict[str, Any] = {
     # Per room and username from every address, failed logins only: a brake on
     # guessing from many addresses, too large for one address to use up.
     "RATELIMIT_LOGIN_ACCOUNT": "25/minute;150/hour",
+    # Per room and client IP, counting refused owner keys (and tokens) only.
+    "RATELIMIT_OWNER_FAILURES": "5/minute;30/hour",
     # Per room and user, counting accepted messages: a burst of 10, then 1 a second.
     "RATELIMIT_MESSAGE_USER": "10/10second",
     "RATELIMIT_MESSAGE_IP": "30/10second",

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any
 
@@ -22,12 +22,14 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from . import rules
 from .backends import Backend, StoredMessage, UserRecord, open_backend
-from .backends.base import AddedUser
+from .backends.base import BAN, DELETE, GONE, UNBAN, UNSET, AddedUser, RoomSettings, Unset
 from .cache import BoundedCache, size_of_strings
 from .errors import (
     AuthenticationFailed,
+    Forbidden,
     InvalidInput,
     LimitReached,
+    NotFound,
     RoomNotFound,
     StoreUnavailable,
     UsernameTaken,
@@ -36,6 +38,9 @@ from .live import RoomSignals, run_cpu_bound
 
 BAD_LOGIN = "Unknown username or wrong password."
 NOT_LOGGED_IN = "You are not logged in (or your session has ended). Please log in again."
+NOT_OWNER = "That is not this room's owner key."
+BANNED = "The owner of this room has removed you from it."
+CLOSED = "This room is closed to new members."
 
 
 # A stream ticket lets one event stream say who is listening, once, for a minute.
@@ -60,6 +65,13 @@ SHARED_READ_BYTES = 16 * MIB  # the latest read of each room's listeners
 SMALL_CACHE_BYTES = 2 * MIB  # each of: aliases, display names, online lists
 # How long a room's online list is reused by the streams of this process.
 ONLINE_CACHE_AGE = 0.5
+# How long a room known to exist is believed to, in each process: a room removed
+# through another process or server is 404 here within this time.
+ROOM_CHECK_AGE = 1.0
+# How often (per room and process) messages past a room's retention are removed.
+RETENTION_CHECK = 60.0
+# Messages an export reads at a time: its memory stays the same however long the room.
+EXPORT_BATCH = 500
 # How long listeners woken together may share one read. Beyond it a listener
 # reads again, so a wake-up that never came costs at most one presence check.
 SHARED_READ_AGE = 1.0
@@ -101,9 +113,49 @@ class Presence:
     online: list[str]
 
 
-# What an event stream yields: a message, a presence change, or None when it is
-# time for a keep-alive.
-StreamItem = Message | Presence | None
+@dataclass(frozen=True, slots=True)
+class RoomEvent:
+    """A moderation event on a stream: "delete" (`subject`: the id of the message
+    removed), "ban" or "unban" (`subject`: the name), or "gone" (the room was
+    deleted; the stream ends)."""
+
+    id: str
+    kind: str
+    subject: str
+
+
+# What an event stream yields: a message, a presence change, a moderation event,
+# or None when it is time for a keep-alive.
+StreamItem = Message | Presence | RoomEvent | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewRoom:
+    """A room just made, with the key that proves ownership (shown once)."""
+
+    roomid: str
+    owner_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerSettings:
+    """What the owner set; `banned` (names as shown) only for the owner."""
+
+    registration_open: bool
+    retention_days: int | None
+    banned: list[str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomSummary:
+    """What an operator sees of a room (no secrets)."""
+
+    roomid: str
+    alias: str
+    accounts: int
+    messages: int
+    has_owner: bool
+    settings: OwnerSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +218,10 @@ class RoomStore:
         # messages and display names change once written. A conversation is
         # kept with the newest id it was read at, the listeners' shared read
         # with its cursor and generation, an online list for a moment.
-        self._aliases = BoundedCache[str, str](SMALL_CACHE_BYTES, sys.getsizeof)
+        self._aliases = BoundedCache[str, tuple[str, float]](
+            SMALL_CACHE_BYTES, lambda entry: sys.getsizeof(entry[0])
+        )
+        self._retention_checked = BoundedCache[str, float](SMALL_CACHE_BYTES, lambda _: 24)
         self._formatted = BoundedCache[StoredMessage, Message](FORMATTED_BYTES, _message_size)
         self._names = BoundedCache[tuple[str, str], str](SMALL_CACHE_BYTES, sys.getsizeof)
         self._conversations = BoundedCache[str, Conversation](
@@ -189,25 +244,208 @@ class RoomStore:
     # Rooms
 
     def create_room(self, alias: str) -> str:
+        """A new room; its owner key is not kept anywhere (see `new_room`)."""
+        return self.new_room(alias).roomid
+
+    def new_room(self, alias: str) -> NewRoom:
+        """A new room and its owner key, which is stored only as its digest."""
         alias = rules.clean_alias(alias)
+        owner_key = rules.new_token()
         while True:
             roomid = rules.new_roomid()
-            if self.backend.create_room(roomid, alias):
-                self._aliases.put(roomid, alias)
-                return roomid
+            if self.backend.create_room(roomid, alias, rules.token_digest(owner_key)):
+                self._aliases.put(roomid, (alias, time.monotonic()))
+                return NewRoom(roomid, owner_key)
 
     def alias(self, roomid: str) -> str:
-        """The room's alias; raises `RoomNotFound`, so it doubles as the existence check."""
-        alias = self._aliases.get(roomid)
-        if alias is not None:
-            return alias
+        """The room's alias; raises `RoomNotFound`, so it doubles as the existence
+        check. An alias never changes, but a room may be removed through another
+        process: what this one knows is asked again after `ROOM_CHECK_AGE`."""
+        now = time.monotonic()
+        cached = self._aliases.get(roomid)
+        if cached is not None and now - cached[1] < ROOM_CHECK_AGE:
+            return cached[0]
         if not rules.looks_like_roomid(roomid):
             raise RoomNotFound()
         alias = self.backend.room_alias(roomid)
         if alias is None:
+            self._aliases.pop(roomid)
             raise RoomNotFound()
-        self._aliases.put(roomid, alias)
+        self._aliases.put(roomid, (alias, now))
         return alias
+
+    # Owners
+
+    def _check_owner(self, roomid: str, owner_key: str) -> RoomSettings:
+        """The room's settings, if `owner_key` is its owner's; else 401."""
+        self.alias(roomid)
+        settings = self.backend.room_settings(roomid)
+        if not rules.key_matches(owner_key, settings.owner_digest):
+            raise AuthenticationFailed(NOT_OWNER)
+        return settings
+
+    def rotate_owner_key(self, roomid: str, owner_key: str) -> str:
+        """A new owner key; the old one stops working."""
+        self._check_owner(roomid, owner_key)
+        return self.issue_owner_key(roomid)
+
+    def issue_owner_key(self, roomid: str) -> str:
+        """A new owner key without the old one: for an operator, whose word is
+        the server's (`flask room owner-key`)."""
+        self.alias(roomid)
+        owner_key = rules.new_token()
+        self.backend.update_settings(roomid, owner_digest=rules.token_digest(owner_key))
+        return owner_key
+
+    def settings(self, roomid: str, owner_key: str | None = None) -> OwnerSettings:
+        """The room's settings; with the owner key, the ban list too."""
+        if owner_key is None:
+            self.alias(roomid)
+            return self._owner_settings(self.backend.room_settings(roomid), owner=False)
+        return self._owner_settings(self._check_owner(roomid, owner_key), owner=True)
+
+    @staticmethod
+    def _owner_settings(settings: RoomSettings, *, owner: bool) -> OwnerSettings:
+        banned = sorted(settings.banned.values()) if owner else None
+        return OwnerSettings(settings.registration_open, settings.retention_days, banned)
+
+    def update_settings(
+        self,
+        roomid: str,
+        owner_key: str,
+        *,
+        registration: str | None = None,
+        retention_days: object = UNSET,
+    ) -> OwnerSettings:
+        """Open or close registration ("open", "closed"), set how many days
+        messages are kept (None: for ever). Older messages go at once."""
+        self._check_owner(roomid, owner_key)
+        if registration not in (None, "open", "closed"):
+            raise InvalidInput('registration must be "open" or "closed".')
+        days: int | Unset | None = UNSET
+        if not isinstance(retention_days, Unset):
+            days = rules.check_retention_days(retention_days)
+        registration_open = None if registration is None else registration == "open"
+        self.backend.update_settings(
+            roomid, registration_open=registration_open, retention_days=days
+        )
+        self._retention_checked.pop(roomid)
+        self._apply_retention(roomid)
+        return self.settings(roomid, owner_key)
+
+    def ban(self, roomid: str, owner_key: str, username: str) -> None:
+        """Remove a member: every device logged out, presence ended at once, and
+        login, registration and messages refused under that name (case-folded)."""
+        self._check_owner(roomid, owner_key)
+        key, user = self._member(roomid, username)
+        self.backend.set_ban(roomid, key, user.username)
+        self.backend.remove_tokens(roomid, key)
+        self.backend.end_presence_of(roomid, user.username)
+        self.backend.append_event(roomid, BAN, user.username)
+        self._online_cache.pop(roomid)
+        self.signals.notify(roomid)
+
+    def unban(self, roomid: str, owner_key: str, username: str) -> None:
+        self._check_owner(roomid, owner_key)
+        key, user = self._member(roomid, username)
+        if not self.backend.set_ban(roomid, key, None):
+            raise NotFound(f"{user.username} is not banned from this room.")
+        self.backend.append_event(roomid, UNBAN, user.username)
+        self.signals.notify(roomid)
+
+    def _member(self, roomid: str, username: str) -> tuple[str, UserRecord]:
+        try:
+            key = rules.username_key(username)
+        except InvalidInput:
+            key = ""
+        user = self.backend.get_user(roomid, key) if key else None
+        if user is None:
+            raise NotFound("There is no member of that name in this room.")
+        return key, user
+
+    def delete_message(
+        self,
+        roomid: str,
+        message_id: str,
+        *,
+        username: str | None = None,
+        token: str | None = None,
+        owner_key: str | None = None,
+    ) -> None:
+        """Remove a message, text and all, as its author (`username` and
+        `token`) or the owner (`owner_key`); streams get a "delete" event."""
+        key = None
+        if owner_key is not None:
+            self._check_owner(roomid, owner_key)
+        else:
+            key = self._authenticate(roomid, username or "", token or "")
+        author = self.backend.message_author(roomid, message_id)
+        if author is None:
+            raise NotFound("There is no such message in this room.")
+        if key is not None and author != key:
+            raise Forbidden("You can delete only your own messages.")
+        if self.backend.delete_message(roomid, message_id) is None:
+            raise NotFound("There is no such message in this room.")
+        self.signals.notify(roomid)
+
+    def export(self, roomid: str, owner_key: str) -> Iterator[Message]:
+        """Every message, oldest first, read a batch at a time: a room of a million
+        messages exports in the memory of one batch. The key is checked now."""
+        self._check_owner(roomid, owner_key)
+        return self._export(roomid)
+
+    def _export(self, roomid: str) -> Iterator[Message]:
+        cursor: str | None = None
+        while batch := self.backend.messages_after(roomid, cursor, EXPORT_BATCH):
+            for stored in batch:
+                yield self._format(stored)
+            cursor = batch[-1].id
+
+    def delete_room(self, roomid: str, owner_key: str) -> None:
+        """Remove the room and every trace of it (its id is never used again)."""
+        self._check_owner(roomid, owner_key)
+        self.remove_room(roomid)
+
+    def remove_room(self, roomid: str) -> None:
+        """`delete_room` with the server's authority (`flask room delete`)."""
+        self.alias(roomid)
+        self.backend.remove_room(roomid)
+        self._aliases.pop(roomid)
+        self.signals.notify(roomid)
+
+    def summary(self, roomid: str) -> RoomSummary:
+        alias = self.alias(roomid)
+        settings = self.backend.room_settings(roomid)
+        return RoomSummary(
+            roomid,
+            alias,
+            self.backend.count_users(roomid),
+            self.backend.count_messages(roomid),
+            bool(settings.owner_digest),
+            self._owner_settings(settings, owner=True),
+        )
+
+    def room_ids(self) -> list[str]:
+        return list(self.backend.room_ids())
+
+    def export_room(self, roomid: str) -> Iterator[Message]:
+        """`export` with the server's authority (`flask room export`)."""
+        self.alias(roomid)
+        return self._export(roomid)
+
+    def _apply_retention(self, roomid: str) -> None:
+        """Remove messages past the room's retention, at most once a minute per
+        room and process; the "trim" event it leaves tells caches everywhere."""
+        now = time.monotonic()
+        checked = self._retention_checked.get(roomid)
+        if checked is not None and now - checked < RETENTION_CHECK:
+            return
+        self._retention_checked.put(roomid, now)
+        days = self.backend.room_settings(roomid).retention_days
+        if days is not None:
+            cutoff = datetime.now(UTC) - timedelta(days=days)
+            if self.backend.purge_before(roomid, cutoff):
+                self.signals.notify(roomid)
 
     # Accounts
 
@@ -225,6 +463,11 @@ class RoomStore:
                 f"The name {username} looks too much like {twin.username}, "
                 "a name already in this room."
             )
+        settings = self.backend.room_settings(roomid)
+        if key in settings.banned:
+            raise Forbidden(BANNED)
+        if not settings.registration_open:
+            raise Forbidden(CLOSED)
         full = f"This room has reached its limit of {self.max_users_per_room} accounts."
         if self.backend.count_users(roomid) >= self.max_users_per_room:  # spares the hash
             raise LimitReached(full)
@@ -248,6 +491,8 @@ class RoomStore:
         except InvalidInput:
             key = None
         user = None if key is None else self.backend.get_user(roomid, key)
+        if user is not None and key in self.backend.room_settings(roomid).banned:
+            raise Forbidden(BANNED)
         if not rules.is_text(password):  # matches no hash, and scrypt cannot take it
             user, password = None, ""
         if user is None or key is None:
@@ -288,6 +533,9 @@ class RoomStore:
             raise AuthenticationFailed(NOT_LOGGED_IN) from None
         digests = self.backend.token_digests(roomid, key)
         if not rules.digest_matches(rules.token_digest(token), digests):
+            # A ban logged the name out: say so, rather than "log in again".
+            if key in self.backend.room_settings(roomid).banned:
+                raise Forbidden(BANNED)
             raise AuthenticationFailed(NOT_LOGGED_IN)
         return key
 
@@ -308,6 +556,7 @@ class RoomStore:
         key = self._authenticate(roomid, username, token)
         text = rules.clean_message(text, self.max_message_length)
         client_id = rules.clean_client_id(client_id)
+        self._apply_retention(roomid)
         name = self._display_name(roomid, key)
         stored, _ = self.backend.append_message(
             roomid, key, name, text, datetime.now(UTC), client_id
@@ -323,6 +572,7 @@ class RoomStore:
         appended, so the room's newest id decides the answer: while it stays the
         same, the snapshot comes from memory."""
         self.alias(roomid)
+        self._apply_retention(roomid)
         limit = self.conversation_limit if limit is None else limit
         version = (self.backend.latest_message_id(roomid), limit)
         cached = self._conversations.get(roomid)
@@ -344,6 +594,7 @@ class RoomStore:
         """History by cursor: the `limit` messages just before `before`, just after
         `after`, or the newest ones. Cost does not grow with the room's history."""
         self.alias(roomid)
+        self._apply_retention(roomid)
         if before is not None and after is not None:
             raise InvalidInput("Ask for messages before an id or after one, not both.")
         if not 1 <= limit <= PAGE_MAX:
@@ -453,8 +704,17 @@ class RoomStore:
                 while True:
                     batch = self._messages_after(roomid, cursor, generation)
                     for stored in batch:
-                        yield self._message(stored)
                         cursor = stored.id
+                        if stored.kind == "message":
+                            yield self._message(stored)
+                        elif stored.kind == GONE:
+                            username = None  # nothing left to be present in
+                            yield RoomEvent(stored.id, GONE, "")
+                            return
+                        elif stored.kind == DELETE:
+                            yield RoomEvent(stored.id, DELETE, stored.target or "")
+                        elif stored.kind in (BAN, UNBAN):
+                            yield RoomEvent(stored.id, stored.kind, stored.username)
                     if batch:
                         next_keepalive = time.monotonic() + keepalive
                     if len(batch) == REPLAY_BATCH:
@@ -499,10 +759,13 @@ class RoomStore:
         reading history, so recent results are kept."""
         message = self._formatted.get(stored)
         if message is None:
-            line = rules.format_line(stored.posted_at, stored.username, stored.text, self.tz)
-            message = Message(stored.id, stored.posted_at, stored.username, stored.text, line)
+            message = self._format(stored)
             self._formatted.put(stored, message)
         return message
+
+    def _format(self, stored: StoredMessage) -> Message:
+        line = rules.format_line(stored.posted_at, stored.username, stored.text, self.tz)
+        return Message(stored.id, stored.posted_at, stored.username, stored.text, line)
 
     def _display_name(self, roomid: str, key: str) -> str:
         """The name as registered; names never change, so each is read once."""
@@ -530,7 +793,7 @@ class RoomStore:
             and now - shared.read_at < SHARED_READ_AGE
         ):
             return shared.batch
-        batch = self.backend.messages_after(roomid, cursor, REPLAY_BATCH)
+        batch = self.backend.events_after(roomid, cursor, REPLAY_BATCH)
         # Only the latest read of a room is kept: live listeners share one cursor.
         self._wakeups.put(roomid, SharedRead(cursor, generation, now, batch))
         return batch

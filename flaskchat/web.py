@@ -63,12 +63,8 @@ def html_page(view: F) -> F:
     return view
 
 
-def json_fields(*required: str, optional: tuple[str, ...] = ()) -> dict[str, str]:
-    """Parse the body as a JSON object and return the named string fields.
-
-    Optional fields that are absent or null are left out of the result; any
-    other value that is not a string is a 400.
-    """
+def json_object() -> dict[str, Any]:
+    """The body as a JSON object; 415 when it is not JSON, 400 when malformed."""
     if not request.is_json:
         raise UnsupportedMediaType()
     try:
@@ -79,6 +75,16 @@ def json_fields(*required: str, optional: tuple[str, ...] = ()) -> dict[str, str
         raise BadRequest("The request body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
+    return body
+
+
+def json_fields(*required: str, optional: tuple[str, ...] = ()) -> dict[str, str]:
+    """Parse the body as a JSON object and return the named string fields.
+
+    Optional fields that are absent or null are left out of the result; any
+    other value that is not a string is a 400.
+    """
+    body = json_object()
     fields: dict[str, str] = {}
     for name in (*required, *optional):
         value = body.get(name)

@@ -13,7 +13,19 @@ from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from .base import AddedUser, RoomDump, StoredMessage, UserRecord, parse_sequence_id
+from .base import (
+    DELETE,
+    GONE,
+    TRIM,
+    UNSET,
+    AddedUser,
+    RoomDump,
+    RoomSettings,
+    StoredMessage,
+    Unset,
+    UserRecord,
+    parse_sequence_id,
+)
 
 
 def _drop_expired(entries: dict[str, tuple[str, float, str]], now: float) -> None:
@@ -25,14 +37,16 @@ def _drop_expired(entries: dict[str, tuple[str, float, str]], now: float) -> Non
 class MemoryBackend:
     """Shape of `rooms` (the seed's, with secrets hashed)::
 
-        {roomid: {"alias": str,
+        {roomid: {"alias": str (None once removed),
+                  "settings": RoomSettings,
                   "users": {key: {"user": UserRecord, "tokens": {digest: None}}},
-                  "messages": [StoredMessage, ...],
+                  "log": [StoredMessage, ...] (messages and events, by id),
                   "client_ids": {(key, client_id): StoredMessage},
                   "tickets": {digest: (username, expires_at, session)},
                   "presence": {stream: (username, expires_at, session)}}}
 
-    Every public method takes `_lock` for its whole body, so each is atomic.
+    A removed room keeps its id, an empty shape and a "gone" event. Every
+    public method takes `_lock` for its whole body, so each is atomic.
     """
 
     def __init__(self) -> None:
@@ -44,24 +58,67 @@ class MemoryBackend:
         self._changed: set[str] = set()
         self._appended = threading.Condition(self._lock)
 
-    def create_room(self, roomid: str, alias: str) -> bool:
+    def create_room(self, roomid: str, alias: str, owner_digest: str = "") -> bool:
         with self._lock:
             if roomid in self._rooms:
                 return False
-            self._rooms[roomid] = {
-                "alias": alias,
-                "users": {},
-                "messages": [],
-                "client_ids": {},
-                "tickets": {},
-                "presence": {},
-            }
+            self._rooms[roomid] = self._new_room(alias, RoomSettings(owner_digest))
             return True
+
+    @staticmethod
+    def _new_room(alias: str | None, settings: RoomSettings) -> dict[str, Any]:
+        return {
+            "alias": alias,
+            "settings": settings,
+            "users": {},
+            "log": [],
+            "authors": {},
+            "client_ids": {},
+            "tickets": {},
+            "presence": {},
+        }
 
     def room_alias(self, roomid: str) -> str | None:
         with self._lock:
             room = self._rooms.get(roomid)
-            return None if room is None else str(room["alias"])
+            return None if room is None else room["alias"]
+
+    def room_settings(self, roomid: str) -> RoomSettings:
+        with self._lock:
+            settings: RoomSettings = self._rooms[roomid]["settings"]
+            return RoomSettings(
+                settings.owner_digest,
+                settings.registration_open,
+                settings.retention_days,
+                dict(settings.banned),
+            )
+
+    def update_settings(
+        self,
+        roomid: str,
+        *,
+        owner_digest: str | None = None,
+        registration_open: bool | None = None,
+        retention_days: int | Unset | None = UNSET,
+    ) -> None:
+        with self._lock:
+            settings: RoomSettings = self._rooms[roomid]["settings"]
+            if owner_digest is not None:
+                settings.owner_digest = owner_digest
+            if registration_open is not None:
+                settings.registration_open = registration_open
+            if not isinstance(retention_days, Unset):
+                settings.retention_days = retention_days
+
+    def set_ban(self, roomid: str, key: str, username: str | None) -> bool:
+        with self._lock:
+            banned: dict[str, str] = self._rooms[roomid]["settings"].banned
+            if username is None:
+                return banned.pop(key, None) is not None
+            if key in banned:
+                return False
+            banned[key] = username
+            return True
 
     def add_user(self, roomid: str, key: str, user: UserRecord, max_users: int) -> AddedUser:
         with self._lock:
@@ -94,6 +151,12 @@ class MemoryBackend:
             entry = self._rooms[roomid]["users"].get(key)
             return [] if entry is None else list(entry["tokens"])
 
+    def remove_tokens(self, roomid: str, key: str) -> None:
+        with self._lock:
+            entry = self._rooms[roomid]["users"].get(key)
+            if entry is not None:
+                entry["tokens"].clear()
+
     def remove_token(self, roomid: str, key: str, digest: str) -> bool:
         with self._lock:
             entry = self._rooms[roomid]["users"].get(key)
@@ -115,39 +178,116 @@ class MemoryBackend:
             room = self._rooms[roomid]
             if client_id is not None and (key, client_id) in room["client_ids"]:
                 return room["client_ids"][key, client_id], False
-            self._last_id += 1
-            posted_at = max(posted_at, datetime.now(UTC))  # stamped under the lock
-            message = StoredMessage(str(self._last_id), posted_at, username, text)
-            room["messages"].append(message)
+            message = self._append(roomid, posted_at, username, text)
+            room["authors"][message.id] = key
             if client_id is not None:
                 room["client_ids"][key, client_id] = message
-            self._changed.add(roomid)
-            self._appended.notify_all()
             return message, True
+
+    def _append(
+        self,
+        roomid: str,
+        posted_at: datetime,
+        username: str,
+        text: str,
+        kind: str = "message",
+        target: str | None = None,
+    ) -> StoredMessage:
+        """Add an entry to the room's log and wake the watcher; caller holds `_lock`."""
+        self._last_id += 1
+        posted_at = max(posted_at, datetime.now(UTC))  # stamped under the lock
+        entry = StoredMessage(str(self._last_id), posted_at, username, text, kind, target)
+        self._rooms[roomid]["log"].append(entry)
+        self._changed.add(roomid)
+        self._appended.notify_all()
+        return entry
+
+    def append_event(
+        self, roomid: str, kind: str, username: str = "", target: str | None = None
+    ) -> StoredMessage:
+        with self._lock:
+            return self._append(roomid, datetime.now(UTC), username, "", kind, target)
+
+    def message_author(self, roomid: str, message_id: str) -> str | None:
+        wanted = parse_sequence_id(message_id)
+        with self._lock:
+            found = self._find(roomid, wanted)
+            if found is None:
+                return None
+            author: str = self._rooms[roomid]["authors"][found.id]
+            return author
+
+    def _find(self, roomid: str, wanted: int) -> StoredMessage | None:
+        """The message with id `wanted`; caller holds `_lock`."""
+        log: list[StoredMessage] = self._rooms[roomid]["log"]
+        at = bisect.bisect_left(log, wanted, key=lambda m: int(m.id))
+        if at < len(log) and int(log[at].id) == wanted and log[at].kind == "message":
+            return log[at]
+        return None
+
+    def delete_message(self, roomid: str, message_id: str) -> StoredMessage | None:
+        wanted = parse_sequence_id(message_id)
+        with self._lock:
+            found = self._find(roomid, wanted)
+            if found is None:
+                return None
+            room = self._rooms[roomid]
+            room["log"].remove(found)
+            del room["authors"][found.id]
+            room["client_ids"] = {k: m for k, m in room["client_ids"].items() if m is not found}
+            return self._append(roomid, datetime.now(UTC), "", "", DELETE, found.id)
+
+    def purge_before(self, roomid: str, cutoff: datetime) -> int:
+        with self._lock:
+            room = self._rooms[roomid]
+            old = [m for m in room["log"] if m.posted_at < cutoff]
+            if not old:
+                return 0
+            room["log"] = [m for m in room["log"] if m.posted_at >= cutoff]
+            gone = {m.id for m in old}
+            room["authors"] = {i: k for i, k in room["authors"].items() if i not in gone}
+            room["client_ids"] = {k: m for k, m in room["client_ids"].items() if m.id not in gone}
+            self._append(roomid, datetime.now(UTC), "", "", TRIM)
+            return sum(m.kind == "message" for m in old)
+
+    def _messages(self, roomid: str) -> list[StoredMessage]:
+        """The room's messages, without events; caller holds `_lock`."""
+        return [m for m in self._rooms[roomid]["log"] if m.kind == "message"]
 
     def recent_messages(self, roomid: str, limit: int) -> list[StoredMessage]:
         with self._lock:
-            messages: list[StoredMessage] = self._rooms[roomid]["messages"]
-            return messages[-limit:] if limit > 0 else []
+            return self._messages(roomid)[-limit:] if limit > 0 else []
 
     def messages_before(self, roomid: str, before: str, limit: int) -> list[StoredMessage]:
         cut = parse_sequence_id(before)
         with self._lock:
-            messages: list[StoredMessage] = self._rooms[roomid]["messages"]
+            messages = self._messages(roomid)
             end = bisect.bisect_left(messages, cut, key=lambda m: int(m.id))
             return messages[max(end - limit, 0) : end] if limit > 0 else []
 
     def messages_after(self, roomid: str, after: str | None, limit: int) -> list[StoredMessage]:
+        return self._after(roomid, after, limit, messages_only=True)
+
+    def events_after(self, roomid: str, after: str | None, limit: int) -> list[StoredMessage]:
+        return self._after(roomid, after, limit, messages_only=False)
+
+    def _after(
+        self, roomid: str, after: str | None, limit: int, *, messages_only: bool
+    ) -> list[StoredMessage]:
         cut = 0 if after is None else parse_sequence_id(after)
         with self._lock:
-            messages: list[StoredMessage] = self._rooms[roomid]["messages"]
-            start = bisect.bisect_right(messages, cut, key=lambda m: int(m.id))
-            return messages[start : start + max(limit, 0)]
+            log = self._messages(roomid) if messages_only else self._rooms[roomid]["log"]
+            start = bisect.bisect_right(log, cut, key=lambda m: int(m.id))
+            return list(log[start : start + max(limit, 0)])
 
     def latest_message_id(self, roomid: str) -> str | None:
         with self._lock:
-            messages = self._rooms[roomid]["messages"]
-            return messages[-1].id if messages else None
+            log = self._rooms[roomid]["log"]
+            return log[-1].id if log else None
+
+    def count_messages(self, roomid: str) -> int:
+        with self._lock:
+            return len(self._messages(roomid))
 
     def wait_for_messages(self, roomids: Collection[str], timeout: float) -> set[str]:
         """Wait for an append to any of `roomids`. Only this process writes here, so
@@ -187,6 +327,12 @@ class MemoryBackend:
             for stream in [s for s, entry in presence.items() if entry[2] == session]:
                 del presence[stream]
 
+    def end_presence_of(self, roomid: str, username: str) -> None:
+        with self._lock:
+            presence = self._rooms[roomid]["presence"]
+            for stream in [s for s, entry in presence.items() if entry[0] == username]:
+                del presence[stream]
+
     def online(self, roomid: str, now: float) -> list[str]:
         with self._lock:
             presence = self._rooms[roomid]["presence"]
@@ -195,7 +341,7 @@ class MemoryBackend:
 
     def room_ids(self) -> Iterator[str]:
         with self._lock:
-            ids = list(self._rooms)
+            ids = [roomid for roomid, room in self._rooms.items() if room["alias"] is not None]
         return iter(ids)
 
     def dump_room(self, roomid: str) -> RoomDump:
@@ -206,12 +352,18 @@ class MemoryBackend:
                 alias=room["alias"],
                 users={key: entry["user"] for key, entry in room["users"].items()},
                 tokens={key: list(entry["tokens"]) for key, entry in room["users"].items()},
-                messages=list(room["messages"]),
+                messages=self._messages(roomid),
+                settings=room["settings"],
             )
 
     def delete_room(self, roomid: str) -> None:
         with self._lock:
             self._rooms.pop(roomid, None)
+
+    def remove_room(self, roomid: str) -> None:
+        with self._lock:
+            self._rooms[roomid] = self._new_room(None, RoomSettings())
+            self._append(roomid, datetime.now(UTC), "", "", GONE)
 
     def restore_room(self, dump: RoomDump) -> None:
         self.create_room(dump.roomid, dump.alias)
@@ -220,12 +372,15 @@ class MemoryBackend:
             for digest in dump.tokens.get(key, []):
                 self.add_token(dump.roomid, key, digest, keep=len(dump.tokens[key]))
         with self._lock:
+            room = self._rooms[dump.roomid]
+            room["settings"] = dump.settings
             for message in dump.messages:
                 self._last_id += 1
                 stored = StoredMessage(
                     str(self._last_id), message.posted_at, message.username, message.text
                 )
-                self._rooms[dump.roomid]["messages"].append(stored)
+                room["log"].append(stored)
+                room["authors"][stored.id] = message.username.casefold()
 
     def ping(self) -> None:
         """Memory can always write."""

@@ -7,11 +7,15 @@ Every key of a room shares the hash tag `{roomid}`, so a room lives in one slot
 of a Redis Cluster and its multi-key scripts stay legal there:
 
     flaskchat:rooms                         SET of room ids
+    flaskchat:removed_rooms                 SET of ids of removed rooms, never used again
     flaskchat:health                        STRING written by health checks, expiring
-    flaskchat:{roomid}:room                 HASH alias
+    flaskchat:{roomid}:room                 HASH alias, owner (key digest),
+                                            registration ("1"/"0"), retention (days or "")
+    flaskchat:{roomid}:bans                 HASH name key -> name as shown
     flaskchat:{roomid}:users                HASH name key -> JSON account
     flaskchat:{roomid}:tokens:<key>         ZSET of token digests by creation time
-    flaskchat:{roomid}:messages             STREAM of messages (ids are the stream's)
+    flaskchat:{roomid}:messages             STREAM of messages (ids are the stream's) and
+                                            events (field k: delete, ban, unban, trim, gone)
     flaskchat:{roomid}:client_ids           HASH "<key> <client_id>" -> message id
     flaskchat:{roomid}:ticket:<digest>      STRING "<expiry> <session> <username>", expiring
     flaskchat:{roomid}:presence             ZSET "<stream> <session> <username>" by expiry
@@ -29,7 +33,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import InvalidInput, StoreUnavailable
 from ..live import system_poll
-from .base import AddedUser, RoomDump, StoredMessage, UserRecord
+from .base import (
+    DELETE,
+    GONE,
+    TRIM,
+    UNSET,
+    AddedUser,
+    RoomDump,
+    RoomSettings,
+    StoredMessage,
+    Unset,
+    UserRecord,
+)
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -44,6 +59,9 @@ _ID_PART_MAX = 2**64 - 1
 _FIRST_ID, _LAST_ID = "0-0", f"{_ID_PART_MAX}-{_ID_PART_MAX}"
 # Written by every health check; gone a minute after the last one.
 HEALTH_KEY = f"{PREFIX}:health"
+REMOVED = f"{PREFIX}:removed_rooms"
+# How long a removed room's "gone" event waits for the listeners of other servers.
+GONE_KEPT_MS = 60_000
 HEALTH_TTL_MS = 60_000
 
 # Store a message unless this user already sent one with this client_id, stamped
@@ -53,13 +71,32 @@ HEALTH_TTL_MS = 60_000
 APPEND_SCRIPT = """
 if ARGV[1] ~= '' then
     local existing = redis.call('HGET', KEYS[2], ARGV[1])
-    if existing then return {0, existing, ''} end
+    if existing and #redis.call('XRANGE', KEYS[1], existing, existing) > 0 then
+        return {0, existing, ''}
+    end
 end
 local now = redis.call('TIME')
 local us = now[1] .. string.format('%06d', tonumber(now[2]))
 local id = redis.call('XADD', KEYS[1], '*', 'u', ARGV[2], 't', ARGV[3], 'us', us)
 if ARGV[1] ~= '' then redis.call('HSET', KEYS[2], ARGV[1], id) end
 return {1, id, us}
+"""
+
+# Remove a message and append a "delete" event for it, unless there is no such
+# message. KEYS: messages stream. ARGV: the message id. Returns the event's id
+# and time, or nothing.
+DELETE_SCRIPT = """
+local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #found == 0 then return false end
+local fields = found[1][2]
+for i = 1, #fields, 2 do
+    if fields[i] == 'k' then return false end
+end
+redis.call('XDEL', KEYS[1], ARGV[1])
+local now = redis.call('TIME')
+local us = now[1] .. string.format('%06d', tonumber(now[2]))
+local id = redis.call('XADD', KEYS[1], '*', 'k', 'delete', 'd', ARGV[1], 'u', '', 't', '', 'us', us)
+return {id, us}
 """
 
 # Store an account unless the room is full or the name taken, in one step: a
@@ -80,6 +117,11 @@ def parse_stream_id(message_id: str) -> str:
     return f"{int(match[1])}-{int(match[2])}"
 
 
+def _now_us() -> str:
+    """Now, in microseconds since the epoch, as log entries keep their times."""
+    return str((datetime.now(UTC) - EPOCH) // MICROSECOND)
+
+
 def _key(roomid: str, *parts: str) -> str:
     return ":".join((PREFIX, "{" + roomid + "}", *parts))
 
@@ -89,7 +131,8 @@ def _message(entry_id: str, fields: dict[str, str] | list[str]) -> StoredMessage
     if isinstance(fields, list):
         fields = dict(zip(fields[::2], fields[1::2], strict=True))
     posted_at = EPOCH + int(fields["us"]) * MICROSECOND
-    return StoredMessage(entry_id, posted_at, fields["u"], fields["t"])
+    kind = fields.get("k", "message")
+    return StoredMessage(entry_id, posted_at, fields["u"], fields["t"], kind, fields.get("d"))
 
 
 def _connection_class() -> type[Any]:
@@ -239,6 +282,7 @@ class RedisBackend:
         self._error_reply = ResponseError
         self._append_sha = client.register_script(APPEND_SCRIPT).sha
         self._add_user_script = client.register_script(ADD_USER_SCRIPT)
+        self._delete_script = client.register_script(DELETE_SCRIPT)
         self._connections = Connections.of(client)
         # Newest stream id this process has seen per watched room.
         self._watched: dict[str, str] = {}
@@ -263,14 +307,56 @@ class RedisBackend:
             return self._call(lambda: self.client.execute_command(*args))
         return self._call(lambda: connections.command(*args))
 
-    def create_room(self, roomid: str, alias: str) -> bool:
+    def create_room(self, roomid: str, alias: str, owner_digest: str = "") -> bool:
         def create() -> bool:
+            if self.client.sismember(REMOVED, roomid):
+                return False
             if not self.client.hsetnx(_key(roomid, "room"), "alias", alias):
                 return False
+            self.client.hset(_key(roomid, "room"), mapping={"owner": owner_digest})
             self.client.sadd(f"{PREFIX}:rooms", roomid)
             return True
 
         return self._call(create)
+
+    def room_settings(self, roomid: str) -> RoomSettings:
+        def read() -> RoomSettings:
+            owner, registration, retention = self.client.hmget(
+                _key(roomid, "room"), "owner", "registration", "retention"
+            )
+            banned = self.client.hgetall(_key(roomid, "bans"))
+            return RoomSettings(
+                owner or "",
+                registration != "0",
+                int(retention) if retention else None,
+                dict(sorted(banned.items())),
+            )
+
+        return self._call(read)
+
+    def update_settings(
+        self,
+        roomid: str,
+        *,
+        owner_digest: str | None = None,
+        registration_open: bool | None = None,
+        retention_days: int | Unset | None = UNSET,
+    ) -> None:
+        changes: dict[str, str] = {}
+        if owner_digest is not None:
+            changes["owner"] = owner_digest
+        if registration_open is not None:
+            changes["registration"] = "1" if registration_open else "0"
+        if not isinstance(retention_days, Unset):
+            changes["retention"] = "" if retention_days is None else str(retention_days)
+        if changes:
+            self._call(lambda: self.client.hset(_key(roomid, "room"), mapping=changes))
+
+    def set_ban(self, roomid: str, key: str, username: str | None) -> bool:
+        bans = _key(roomid, "bans")
+        if username is None:
+            return bool(self._call(lambda: self.client.hdel(bans, key)))
+        return bool(self._call(lambda: self.client.hsetnx(bans, key, username)))
 
     def room_alias(self, roomid: str) -> str | None:
         alias: str | None = self._call(lambda: self.client.hget(_key(roomid, "room"), "alias"))
@@ -306,6 +392,9 @@ class RedisBackend:
     def token_digests(self, roomid: str, key: str) -> list[str]:
         return list(self._command("ZRANGE", _key(roomid, "tokens", key), 0, -1))
 
+    def remove_tokens(self, roomid: str, key: str) -> None:
+        self._call(lambda: self.client.delete(_key(roomid, "tokens", key)))
+
     def remove_token(self, roomid: str, key: str, digest: str) -> bool:
         return bool(self._call(lambda: self.client.zrem(_key(roomid, "tokens", key), digest)))
 
@@ -335,27 +424,99 @@ class RedisBackend:
         except NoScriptError:  # a restarted or flushed server: EVAL loads it again
             return self._command("EVAL", APPEND_SCRIPT, len(keys), *keys, *args)
 
+    def append_event(
+        self, roomid: str, kind: str, username: str = "", target: str | None = None
+    ) -> StoredMessage:
+        fields = {"k": kind, "u": username, "t": "", "us": _now_us()}
+        if target is not None:
+            fields["d"] = target
+        entry_id = self._call(lambda: self.client.xadd(_key(roomid, "messages"), fields))
+        return _message(str(entry_id), fields)
+
+    def message_author(self, roomid: str, message_id: str) -> str | None:
+        wanted = parse_stream_id(message_id)
+        found = self._command("XRANGE", _key(roomid, "messages"), wanted, wanted)
+        if not found:
+            return None
+        entry = _message(found[0][0], found[0][1])
+        return entry.username.casefold() if entry.kind == "message" else None
+
+    def delete_message(self, roomid: str, message_id: str) -> StoredMessage | None:
+        wanted = parse_stream_id(message_id)
+        keys = [_key(roomid, "messages")]
+        done = self._call(lambda: self._delete_script(keys, [wanted]))
+        if not done:
+            return None
+        entry_id, stamp = done
+        return StoredMessage(
+            str(entry_id), EPOCH + int(stamp) * MICROSECOND, "", "", DELETE, wanted
+        )
+
+    def purge_before(self, roomid: str, cutoff: datetime) -> int:
+        """Entries are in order of their times too (a copied room keeps its
+        order), so the old ones are those before the first one young enough."""
+        messages = _key(roomid, "messages")
+        cut_us = (cutoff - EPOCH) // MICROSECOND
+        old: list[StoredMessage] = []
+        while batch := self.events_after(roomid, old[-1].id if old else None, 500):
+            young = [m for m in batch if (m.posted_at - EPOCH) // MICROSECOND >= cut_us]
+            old += batch[: len(batch) - len(young)]
+            if young:
+                break
+        for start in range(0, len(old), 500):
+            ids = [m.id for m in old[start : start + 500]]
+            self._call(lambda ids=ids: self.client.xdel(messages, *ids))  # type: ignore[misc]
+        if old:
+            self.append_event(roomid, TRIM)
+        return sum(m.kind == "message" for m in old)
+
     def recent_messages(self, roomid: str, limit: int) -> list[StoredMessage]:
-        if limit <= 0:
-            return []
-        entries = self._command("XREVRANGE", _key(roomid, "messages"), "+", "-", "COUNT", limit)
-        return [_message(i, f) for i, f in reversed(entries)]
+        return self._visible_before(roomid, "+", limit)
 
     def messages_before(self, roomid: str, before: str, limit: int) -> list[StoredMessage]:
         cut = parse_stream_id(before)
-        if limit <= 0 or cut == _FIRST_ID:  # nothing comes before the first id
+        if cut == _FIRST_ID:  # nothing comes before the first id
             return []
-        entries = self._command(
-            "XREVRANGE", _key(roomid, "messages"), "(" + cut, "-", "COUNT", limit
-        )
-        return [_message(i, f) for i, f in reversed(entries)]
+        return self._visible_before(roomid, "(" + cut, limit)
+
+    def _visible_before(self, roomid: str, end: str, limit: int) -> list[StoredMessage]:
+        """The `limit` messages just before `end`, oldest first, passing over
+        events (rare: a page seldom needs a second read)."""
+        found: list[StoredMessage] = []
+        while limit > 0 and len(found) < limit:
+            count = limit - len(found)
+            entries = self._command("XREVRANGE", _key(roomid, "messages"), end, "-", "COUNT", count)
+            found += [m for m in (_message(i, f) for i, f in entries) if m.kind == "message"]
+            if len(entries) < count:
+                break
+            end = "(" + entries[-1][0]
+        return found[::-1]
 
     def messages_after(self, roomid: str, after: str | None, limit: int) -> list[StoredMessage]:
+        if after is not None:
+            parse_stream_id(after)  # refused at once, whatever the limit
+        found: list[StoredMessage] = []
+        while len(found) < limit:
+            count = limit - len(found)
+            entries = self.events_after(roomid, after, count)
+            found += [m for m in entries if m.kind == "message"]
+            if len(entries) < count:
+                break
+            after = entries[-1].id
+        return found
+
+    def events_after(self, roomid: str, after: str | None, limit: int) -> list[StoredMessage]:
         start = "-" if after is None else "(" + parse_stream_id(after)
         if limit <= 0 or start == "(" + _LAST_ID:  # nothing comes after the last id
             return []
         entries = self._command("XRANGE", _key(roomid, "messages"), start, "+", "COUNT", limit)
         return [_message(i, f) for i, f in entries]
+
+    def count_messages(self, roomid: str) -> int:
+        count, cursor = 0, None
+        while batch := self.messages_after(roomid, cursor, 1000):
+            count, cursor = count + len(batch), batch[-1].id
+        return count
 
     def latest_message_id(self, roomid: str) -> str | None:
         entries = self._command("XREVRANGE", _key(roomid, "messages"), "+", "-", "COUNT", 1)
@@ -423,6 +584,17 @@ class RedisBackend:
 
         self._call(end)
 
+    def end_presence_of(self, roomid: str, username: str) -> None:
+        key = _key(roomid, "presence")
+
+        def end() -> None:
+            members = self.client.zrange(key, 0, -1)
+            ended = [m for m in members if m.rsplit(" ", 1)[1] == username]
+            if ended:
+                self.client.zrem(key, *ended)
+
+        self._call(end)
+
     def online(self, roomid: str, now: float) -> list[str]:
         members = self._call(
             lambda: self.client.zrangebyscore(_key(roomid, "presence"), f"({now}", "+inf")
@@ -435,7 +607,7 @@ class RedisBackend:
     def dump_room(self, roomid: str) -> RoomDump:
         alias = self.room_alias(roomid)
         assert alias is not None
-        dump = RoomDump(roomid=roomid, alias=alias)
+        dump = RoomDump(roomid=roomid, alias=alias, settings=self.room_settings(roomid))
         users: dict[str, str] = self._call(lambda: self.client.hgetall(_key(roomid, "users")))
         for key in sorted(users):
             data = json.loads(users[key])
@@ -458,10 +630,36 @@ class RedisBackend:
 
         self._call(delete)
 
+    def remove_room(self, roomid: str) -> None:
+        """Everything goes; the log is left holding a "gone" event for the
+        listeners of other servers, and expires a minute later."""
+        self.delete_room(roomid)
+        messages = _key(roomid, "messages")
+
+        def leave_word() -> None:
+            pipe = self.client.pipeline()
+            pipe.sadd(REMOVED, roomid)
+            pipe.xadd(messages, {"k": GONE, "u": "", "t": "", "us": _now_us()})
+            pipe.pexpire(messages, GONE_KEPT_MS)
+            pipe.execute()
+
+        self._call(leave_word)
+
     def restore_room(self, dump: RoomDump) -> None:
         def restore() -> None:
             pipe = self.client.pipeline(transaction=False)
-            pipe.hset(_key(dump.roomid, "room"), "alias", dump.alias)
+            settings = dump.settings
+            pipe.hset(
+                _key(dump.roomid, "room"),
+                mapping={
+                    "alias": dump.alias,
+                    "owner": settings.owner_digest,
+                    "registration": "1" if settings.registration_open else "0",
+                    "retention": "" if settings.retention_days is None else settings.retention_days,
+                },
+            )
+            if settings.banned:
+                pipe.hset(_key(dump.roomid, "bans"), mapping=settings.banned)
             pipe.sadd(f"{PREFIX}:rooms", dump.roomid)
             for key, user in dump.users.items():
                 record = {"username": user.username, "password_hash": user.password_hash}

@@ -23,7 +23,19 @@ from typing import TypeVar
 
 from ..errors import StoreUnavailable
 from ..live import ThreadCalls
-from .base import AddedUser, RoomDump, StoredMessage, UserRecord, parse_sequence_id
+from .base import (
+    DELETE,
+    GONE,
+    TRIM,
+    UNSET,
+    AddedUser,
+    RoomDump,
+    RoomSettings,
+    StoredMessage,
+    Unset,
+    UserRecord,
+    parse_sequence_id,
+)
 
 T = TypeVar("T")
 
@@ -111,6 +123,23 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX presence_by_expiry ON presence (expires_at);
     CREATE INDEX presence_by_session ON presence (room_id, session);
     """,
+    # Room owners (DESIGN 1.3): settings and bans, moderation events in the log,
+    # and removed rooms kept as ids that are never used again.
+    """
+    ALTER TABLE rooms ADD COLUMN owner_digest TEXT NOT NULL DEFAULT '';
+    ALTER TABLE rooms ADD COLUMN registration_open INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE rooms ADD COLUMN retention_days INTEGER;
+    ALTER TABLE rooms ADD COLUMN removed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'message';
+    ALTER TABLE messages ADD COLUMN target INTEGER;
+    CREATE INDEX messages_by_time ON messages (room_id, posted_at_us);
+    CREATE TABLE bans (
+        room_id TEXT NOT NULL REFERENCES rooms (id),
+        name_key TEXT NOT NULL,
+        username TEXT NOT NULL,
+        PRIMARY KEY (room_id, name_key)
+    ) WITHOUT ROWID;
+    """,
 )
 
 
@@ -156,6 +185,33 @@ def _to_us(moment: datetime) -> int:
 
 def _from_us(us: int) -> datetime:
     return EPOCH + us * MICROSECOND
+
+
+# The columns of a log entry, as `_entry` reads them.
+ENTRY = "id, username, body, posted_at_us, kind, target"
+
+
+def _entry(row: sqlite3.Row | tuple[int, str, str, int, str, int | None]) -> StoredMessage:
+    message_id, username, body, posted_at_us, kind, target = row
+    return StoredMessage(
+        str(message_id),
+        _from_us(posted_at_us),
+        username,
+        body,
+        kind,
+        None if target is None else str(target),
+    )
+
+
+def _settings(conn: sqlite3.Connection, roomid: str) -> RoomSettings:
+    digest, registration_open, retention_days = conn.execute(
+        "SELECT owner_digest, registration_open, retention_days FROM rooms WHERE id = ?",
+        (roomid,),
+    ).fetchone()
+    banned = conn.execute(
+        "SELECT name_key, username FROM bans WHERE room_id = ? ORDER BY name_key", (roomid,)
+    ).fetchall()
+    return RoomSettings(digest, bool(registration_open), retention_days, dict(banned))
 
 
 def _message(row: sqlite3.Row | tuple[int, str, str, int]) -> StoredMessage:
@@ -391,18 +447,61 @@ class SqliteBackend:
             raise
         return conn
 
-    def create_room(self, roomid: str, alias: str) -> bool:
+    def create_room(self, roomid: str, alias: str, owner_digest: str = "") -> bool:
         with self._transaction() as conn:
             cursor = conn.execute(
-                "INSERT OR IGNORE INTO rooms (id, alias) VALUES (?, ?)", (roomid, alias)
+                "INSERT OR IGNORE INTO rooms (id, alias, owner_digest) VALUES (?, ?, ?)",
+                (roomid, alias, owner_digest),
             )
             return cursor.rowcount == 1
 
     def room_alias(self, roomid: str) -> str | None:
         row = self._read(
-            lambda c: c.execute("SELECT alias FROM rooms WHERE id = ?", (roomid,)).fetchone()
+            lambda c: c.execute(
+                "SELECT alias FROM rooms WHERE id = ? AND removed = 0", (roomid,)
+            ).fetchone()
         )
         return None if row is None else str(row[0])
+
+    def room_settings(self, roomid: str) -> RoomSettings:
+        return self._read(lambda c: _settings(c, roomid))
+
+    def update_settings(
+        self,
+        roomid: str,
+        *,
+        owner_digest: str | None = None,
+        registration_open: bool | None = None,
+        retention_days: int | Unset | None = UNSET,
+    ) -> None:
+        changes: dict[str, object] = {}
+        if owner_digest is not None:
+            changes["owner_digest"] = owner_digest
+        if registration_open is not None:
+            changes["registration_open"] = int(registration_open)
+        if not isinstance(retention_days, Unset):
+            changes["retention_days"] = retention_days
+        if not changes:
+            return
+        assignments = ", ".join(f"{column} = ?" for column in changes)  # names from above
+        with self._transaction() as conn:
+            conn.execute(
+                f"UPDATE rooms SET {assignments} WHERE id = ?",  # noqa: S608
+                (*changes.values(), roomid),
+            )
+
+    def set_ban(self, roomid: str, key: str, username: str | None) -> bool:
+        with self._transaction() as conn:
+            if username is None:
+                cursor = conn.execute(
+                    "DELETE FROM bans WHERE room_id = ? AND name_key = ?", (roomid, key)
+                )
+            else:
+                cursor = conn.execute(
+                    "INSERT OR IGNORE INTO bans (room_id, name_key, username) VALUES (?, ?, ?)",
+                    (roomid, key, username),
+                )
+            return cursor.rowcount == 1
 
     def add_user(self, roomid: str, key: str, user: UserRecord, max_users: int) -> AddedUser:
         """Counted inside the write transaction, which no other writer can enter."""
@@ -458,6 +557,10 @@ class SqliteBackend:
             ).fetchall()
         )
         return [row[0] for row in rows]
+
+    def remove_tokens(self, roomid: str, key: str) -> None:
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM tokens WHERE room_id = ? AND name_key = ?", (roomid, key))
 
     def remove_token(self, roomid: str, key: str, digest: str) -> bool:
         with self._transaction() as conn:
@@ -517,6 +620,79 @@ class SqliteBackend:
         row_id = cursor.lastrowid
         return _message((row_id, item.username, item.text, stamp)), True
 
+    def append_event(
+        self, roomid: str, kind: str, username: str = "", target: str | None = None
+    ) -> StoredMessage:
+        with self._transaction() as conn:
+            return self._insert_event(conn, roomid, kind, username, target)
+
+    @staticmethod
+    def _insert_event(
+        conn: sqlite3.Connection, roomid: str, kind: str, username: str, target: str | None
+    ) -> StoredMessage:
+        stamp = _to_us(datetime.now(UTC))
+        cursor = conn.execute(
+            "INSERT INTO messages (room_id, name_key, username, body, posted_at_us, kind, target)"
+            " VALUES (?, '', ?, '', ?, ?, ?)",
+            (roomid, username, stamp, kind, target),
+        )
+        assert cursor.lastrowid is not None
+        return StoredMessage(str(cursor.lastrowid), _from_us(stamp), username, "", kind, target)
+
+    def message_author(self, roomid: str, message_id: str) -> str | None:
+        wanted = parse_sequence_id(message_id)
+        row = self._read(
+            lambda c: c.execute(
+                "SELECT name_key FROM messages WHERE room_id = ? AND id = ? AND kind = 'message'",
+                (roomid, wanted),
+            ).fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    def delete_message(self, roomid: str, message_id: str) -> StoredMessage | None:
+        wanted = parse_sequence_id(message_id)
+        with self._erasing() as conn:
+            cursor = conn.execute(
+                "DELETE FROM messages WHERE room_id = ? AND id = ? AND kind = 'message'",
+                (roomid, wanted),
+            )
+            if cursor.rowcount != 1:
+                return None
+            return self._insert_event(conn, roomid, DELETE, "", str(wanted))
+
+    @contextmanager
+    def _erasing(self) -> Iterator[sqlite3.Connection]:
+        """A transaction whose deletions leave no trace in the file: SQLite
+        overwrites what it deletes (`secure_delete`), and a checkpoint afterwards
+        moves the WAL's copies of the old pages out. Moderation is rare, so the
+        checkpoint's cost is paid seldom."""
+        with self._lock:
+            conn = self._connect()
+            try:
+                conn.execute("PRAGMA secure_delete = ON")
+                with self._locked_transaction() as conn:
+                    yield conn
+            finally:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA secure_delete = OFF")
+            with contextlib.suppress(sqlite3.Error):  # readers may hold it back: no matter
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    def purge_before(self, roomid: str, cutoff: datetime) -> int:
+        with self._erasing() as conn:
+            (messages,) = conn.execute(
+                "SELECT COUNT(*) FROM messages"
+                " WHERE room_id = ? AND posted_at_us < ? AND kind = 'message'",
+                (roomid, _to_us(cutoff)),
+            ).fetchone()
+            cursor = conn.execute(
+                "DELETE FROM messages WHERE room_id = ? AND posted_at_us < ?",
+                (roomid, _to_us(cutoff)),
+            )
+            if cursor.rowcount:
+                self._insert_event(conn, roomid, TRIM, "", None)
+            return int(messages)
+
     def recent_messages(self, roomid: str, limit: int) -> list[StoredMessage]:
         return self._older_than(roomid, 2**63 - 1, limit)
 
@@ -527,8 +703,8 @@ class SqliteBackend:
         """The `limit` messages just below id `cut`, oldest first."""
         rows = self._read(
             lambda c: c.execute(
-                "SELECT id, username, body, posted_at_us FROM messages WHERE room_id = ? AND id < ?"
-                " ORDER BY id DESC LIMIT ?",
+                "SELECT id, username, body, posted_at_us FROM messages"
+                " WHERE room_id = ? AND id < ? AND kind = 'message' ORDER BY id DESC LIMIT ?",
                 (roomid, cut, max(limit, 0)),
             ).fetchall()
         )
@@ -538,12 +714,31 @@ class SqliteBackend:
         cut = 0 if after is None else parse_sequence_id(after)
         rows = self._read(
             lambda c: c.execute(
-                "SELECT id, username, body, posted_at_us FROM messages WHERE room_id = ? AND id > ?"
-                " ORDER BY id LIMIT ?",
+                "SELECT id, username, body, posted_at_us FROM messages"
+                " WHERE room_id = ? AND id > ? AND kind = 'message' ORDER BY id LIMIT ?",
                 (roomid, cut, max(limit, 0)),
             ).fetchall()
         )
         return [_message(row) for row in rows]
+
+    def events_after(self, roomid: str, after: str | None, limit: int) -> list[StoredMessage]:
+        cut = 0 if after is None else parse_sequence_id(after)
+        rows = self._read(
+            lambda c: c.execute(
+                f"SELECT {ENTRY} FROM messages WHERE room_id = ? AND id > ?"  # noqa: S608
+                " ORDER BY id LIMIT ?",
+                (roomid, cut, max(limit, 0)),
+            ).fetchall()
+        )
+        return [_entry(row) for row in rows]
+
+    def count_messages(self, roomid: str) -> int:
+        row = self._read(
+            lambda c: c.execute(
+                "SELECT COUNT(*) FROM messages WHERE room_id = ? AND kind = 'message'", (roomid,)
+            ).fetchone()
+        )
+        return int(row[0])
 
     def latest_message_id(self, roomid: str) -> str | None:
         """Asked on every `get_conversation` poll, so it is answered from memory
@@ -667,6 +862,12 @@ class SqliteBackend:
                 "DELETE FROM presence WHERE room_id = ? AND session = ?", (roomid, session)
             )
 
+    def end_presence_of(self, roomid: str, username: str) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "DELETE FROM presence WHERE room_id = ? AND username = ?", (roomid, username)
+            )
+
     def online(self, roomid: str, now: float) -> list[str]:
         rows = self._read(
             lambda c: c.execute(
@@ -678,13 +879,15 @@ class SqliteBackend:
         return [row[0] for row in rows]
 
     def room_ids(self) -> Iterator[str]:
-        rows = self._read(lambda c: c.execute("SELECT id FROM rooms ORDER BY id").fetchall())
+        rows = self._read(
+            lambda c: c.execute("SELECT id FROM rooms WHERE removed = 0 ORDER BY id").fetchall()
+        )
         return iter([row[0] for row in rows])
 
     def dump_room(self, roomid: str) -> RoomDump:
         def query(c: sqlite3.Connection) -> RoomDump:
             (alias,) = c.execute("SELECT alias FROM rooms WHERE id = ?", (roomid,)).fetchone()
-            dump = RoomDump(roomid=roomid, alias=alias)
+            dump = RoomDump(roomid=roomid, alias=alias, settings=_settings(c, roomid))
             for key, username, password_hash in c.execute(
                 "SELECT name_key, username, password_hash FROM users WHERE room_id = ?"
                 " ORDER BY name_key",
@@ -701,7 +904,7 @@ class SqliteBackend:
                 _message(row)
                 for row in c.execute(
                     "SELECT id, username, body, posted_at_us FROM messages"
-                    " WHERE room_id = ? ORDER BY id",
+                    " WHERE room_id = ? AND kind = 'message' ORDER BY id",
                     (roomid,),
                 )
             ]
@@ -711,13 +914,42 @@ class SqliteBackend:
 
     def delete_room(self, roomid: str) -> None:
         with self._transaction() as conn:
-            for table in ("tokens", "users", "messages", "tickets", "presence"):
-                conn.execute(f"DELETE FROM {table} WHERE room_id = ?", (roomid,))  # noqa: S608
+            self._empty_room(conn, roomid)
             conn.execute("DELETE FROM rooms WHERE id = ?", (roomid,))
+
+    def remove_room(self, roomid: str) -> None:
+        with self._erasing() as conn:
+            self._empty_room(conn, roomid)
+            conn.execute(
+                "UPDATE rooms SET alias = '', owner_digest = '', registration_open = 0,"
+                " retention_days = NULL, removed = 1 WHERE id = ?",
+                (roomid,),
+            )
+            self._insert_event(conn, roomid, GONE, "", None)
+
+    @staticmethod
+    def _empty_room(conn: sqlite3.Connection, roomid: str) -> None:
+        for table in ("tokens", "bans", "users", "messages", "tickets", "presence"):
+            conn.execute(f"DELETE FROM {table} WHERE room_id = ?", (roomid,))  # noqa: S608
 
     def restore_room(self, dump: RoomDump) -> None:
         with self._transaction() as conn:
-            conn.execute("INSERT INTO rooms (id, alias) VALUES (?, ?)", (dump.roomid, dump.alias))
+            settings = dump.settings
+            conn.execute(
+                "INSERT INTO rooms (id, alias, owner_digest, registration_open, retention_days)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    dump.roomid,
+                    dump.alias,
+                    settings.owner_digest,
+                    int(settings.registration_open),
+                    settings.retention_days,
+                ),
+            )
+            conn.executemany(
+                "INSERT INTO bans (room_id, name_key, username) VALUES (?, ?, ?)",
+                [(dump.roomid, key, name) for key, name in settings.banned.items()],
+            )
             conn.executemany(
                 "INSERT INTO users (room_id, name_key, username, password_hash)"
                 " VALUES (?, ?, ?, ?)",

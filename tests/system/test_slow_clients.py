@@ -176,7 +176,9 @@ def test_a_trusted_proxy_is_not_capped_as_one_client(tmp_path: Path) -> None:
 
 # Each endpoint, the body it takes, and the extra keys of its failure replies.
 ENDPOINTS = [
-    pytest.param("/createroom", {"alias": "chunked"}, {"roomid": None}, id="createroom"),
+    pytest.param(
+        "/createroom", {"alias": "chunked"}, {"roomid": None, "owner_key": None}, id="createroom"
+    ),
     pytest.param(
         "/{roomid}/register",
         {"username": "bob", "password": "correct horse battery"},

@@ -13,6 +13,7 @@ so the document cannot promise what the server never says.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import urllib.request
@@ -49,13 +50,17 @@ CHEAP_HASH = "scrypt:1024:8:1"
 
 @dataclass
 class Served:
-    """One app on a real HTTP server, with a room where alice is logged in. Bob
-    logs in through the API; carol's tokens are there to be logged out."""
+    """One app on a real HTTP server, with a room where alice is logged in and
+    whose owner key is known. Bob logs in through the API; carol's tokens are
+    there to be logged out; dave is there to be banned and unbanned; erin is
+    banned, with the token she held before."""
 
     app: Flask
     url: str
     roomid: str
     token: str
+    owner_key: str
+    banned_token: str
 
     @property
     def store(self) -> RoomStore:
@@ -63,6 +68,16 @@ class Served:
 
     def carol_token(self) -> str:
         return self.store.login(self.roomid, "carol", PASSWORD)
+
+    def new_message_id(self) -> str:
+        """A message of alice's, there to be deleted."""
+        return self.store.post_message(self.roomid, "alice", self.token, "to be deleted").id
+
+    def spare(self) -> Served:
+        """The same server with a room of its own, for what would change the room
+        that the other requests share (its settings, its owner key, its being)."""
+        room = self.store.new_room("spare")
+        return dataclasses.replace(self, roomid=room.roomid, owner_key=room.owner_key)
 
 
 def serve(path: Path, **config: Any) -> Iterator[Served]:
@@ -76,14 +91,17 @@ def serve(path: Path, **config: Any) -> Iterator[Served]:
         }
     )
     store: RoomStore = app.extensions["flaskchat"]
-    roomid = store.create_room("described")
-    for name in ("alice", "bob", "carol"):
+    room = store.new_room("described")
+    roomid, owner_key = room.roomid, room.owner_key
+    for name in ("alice", "bob", "carol", "dave", "erin"):
         store.register(roomid, name, PASSWORD)
     token = store.login(roomid, "alice", PASSWORD)
     store.post_message(roomid, "alice", token, "something to read")
+    banned_token = store.login(roomid, "erin", PASSWORD)
+    store.ban(roomid, owner_key, "erin")
     try:
         with ServedApp(app) as served:
-            yield Served(app, served.url, roomid, token)
+            yield Served(app, served.url, roomid, token, owner_key, banned_token)
     finally:
         close_app(app)
 
@@ -105,15 +123,16 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         RATELIMIT_LOGIN=once,
         RATELIMIT_MESSAGE_IP=once,
         RATELIMIT_TICKET=once,
+        RATELIMIT_OWNER_FAILURES=once,
         MAX_STREAMS_PER_IP=0,
     )
 
 
 @pytest.fixture(scope="module")
 def crowded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """A room with its three accounts is full."""
+    """A room with its five accounts is full."""
     yield from serve(
-        tmp_path_factory.mktemp("crowded"), RATELIMIT_ENABLED=False, MAX_USERS_PER_ROOM=3
+        tmp_path_factory.mktemp("crowded"), RATELIMIT_ENABLED=False, MAX_USERS_PER_ROOM=5
     )
 
 
@@ -123,7 +142,7 @@ def down() -> Iterator[Served]:
     app = create_app({"TESTING": True, "STORE_URL": f"redis://127.0.0.1:{free_port()}/0"})
     try:
         with ServedApp(app) as served:
-            yield Served(app, served.url, UNKNOWN_ROOM, "no token")
+            yield Served(app, served.url, UNKNOWN_ROOM, "no token", "no key", "no token")
     finally:
         close_app(app)
 
@@ -186,6 +205,8 @@ def test_the_limits_in_the_document_are_the_rules() -> None:
         if p.get("name") == "limit"
     ]
     assert limit["schema"]["maximum"] == PAGE_MAX
+    retention = schemas["ChangeSettings"]["properties"]["retention_days"]
+    assert (retention["minimum"], retention["maximum"]) == (1, rules.RETENTION_MAX_DAYS)
     descriptions = json.dumps(schemas)
     for number in (rules.ALIAS_MAX, rules.USERNAME_MAX, rules.MESSAGE_MAX):
         assert f"to {number} " in descriptions
@@ -198,14 +219,31 @@ FUZZED = SCHEMA.exclude(path="/{roomid}/events")  # endless: provoked below inst
 ROOMS = st.sampled_from(["real", "real", "real", "generated"])
 
 
+# Owner requests that would change the room every case shares go to a spare one.
+IN_A_SPARE_ROOM = {
+    ("POST", "/{roomid}/settings"),
+    ("POST", "/{roomid}/owner_key"),
+    ("POST", "/{roomid}/delete_room"),
+}
+
+
 def as_someone(case: schemathesis.Case, live: Served) -> None:
-    """Put a real login into a generated body that has the fields for one: alice's
-    token, bob's password, or a token of carol's to log out (so that alice stays
-    logged in for the other cases)."""
+    """Put a real login into a generated request that has the fields for one:
+    alice's token, bob's password, a token of carol's to log out (so that alice
+    stays logged in for the other cases), or the owner key, with dave as the
+    member to ban and a fresh message of alice's as the one to delete."""
+    operation = (case.operation.method.upper(), case.operation.path)
+    if operation == ("GET", "/{roomid}/settings"):
+        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {live.owner_key}"}
     body = case.body
     if not isinstance(body, dict):
         return
-    if case.operation.path == "/{roomid}/login":
+    if isinstance(body.get("owner_key"), str):
+        owner = live.spare() if operation in IN_A_SPARE_ROOM else live
+        case.path_parameters["roomid"], body["owner_key"] = owner.roomid, owner.owner_key
+        if isinstance(body.get("username"), str):
+            body["username"] = "dave"
+    elif case.operation.path == "/{roomid}/login":
         if isinstance(body.get("username"), str) and isinstance(body.get("password"), str):
             body["username"], body["password"] = "bob", PASSWORD
     elif isinstance(body.get("username"), str) and isinstance(body.get("token"), str):
@@ -213,6 +251,8 @@ def as_someone(case: schemathesis.Case, live: Served) -> None:
             body["username"], body["token"] = "carol", live.carol_token()
         else:
             body["username"], body["token"] = "alice", live.token
+    if case.operation.path == "/{roomid}/delete_message" and isinstance(body.get("id"), str):
+        body["id"] = live.new_message_id()
 
 
 @FUZZED.parametrize()
@@ -264,8 +304,15 @@ class Provoke:
     def case(self, served: Served) -> schemathesis.Case:
         """The request, as a Schemathesis case of the operation it is sent to."""
         parts: dict[str, Any] = {"query": self.query, "media_type": self.media_type}
+        if self.room == "spare":
+            served = served.spare()
         if "{roomid}" in self.path:
-            rooms = {"real": served.roomid, "unknown": UNKNOWN_ROOM, "malformed": "not-a-room"}
+            rooms = {
+                "real": served.roomid,
+                "spare": served.roomid,
+                "unknown": UNKNOWN_ROOM,
+                "malformed": "not-a-room",
+            }
             parts["path_parameters"] = {"roomid": rooms[self.room]}
         if self.body is not None:
             parts["body"] = self.body(served) if callable(self.body) else self.body
@@ -299,6 +346,21 @@ def valid_body(path: str) -> Callable[[Served], dict[str, Any]]:
                 }
             case "/{roomid}/ticket":
                 return {"username": "alice", "token": served.token}
+            case "/{roomid}/delete_message":
+                return {"id": served.new_message_id(), "owner_key": served.owner_key}
+            case "/{roomid}/ban":
+                return {"owner_key": served.owner_key, "username": "dave"}
+            case "/{roomid}/unban":
+                served.store.ban(served.roomid, served.owner_key, "dave")
+                return {"owner_key": served.owner_key, "username": "dave"}
+            case "/{roomid}/settings":
+                return {
+                    "owner_key": served.owner_key,
+                    "registration": "open",
+                    "retention_days": None,
+                }
+            case "/{roomid}/export" | "/{roomid}/owner_key" | "/{roomid}/delete_room":
+                return {"owner_key": served.owner_key}
         raise AssertionError(path)
 
     return make
@@ -309,6 +371,18 @@ def too_large(path: str) -> Callable[[Served], dict[str, Any]]:
 
 
 NOT_LOGGED_IN = {"username": "alice", "token": "not a token", "message": "hello"}
+# Erin was banned: her name and the token she held before are refused.
+BANNED = {"username": "erin", "password": PASSWORD, "message": "hello"}
+# Has what every owner endpoint requires, but not the key.
+NOT_THE_OWNER = {"id": "1", "owner_key": "not the owner key", "username": "dave"}
+
+
+def banned_body(served: Served) -> dict[str, str]:
+    return {**BANNED, "token": served.banned_token}
+
+
+def as_the_owner(served: Served) -> dict[str, str]:
+    return {"Authorization": f"Bearer {served.owner_key}"}
 
 
 def previous_etag(path: str) -> Callable[[Served], dict[str, str]]:
@@ -329,6 +403,17 @@ POSTS = [
     "/{roomid}/ticket",
 ]
 ROOM_GETS = ["/{roomid}/get_conversation", "/{roomid}/messages", "/{roomid}/events"]
+OWNER_POSTS = [
+    "/{roomid}/delete_message",
+    "/{roomid}/ban",
+    "/{roomid}/unban",
+    "/{roomid}/settings",
+    "/{roomid}/export",
+    "/{roomid}/owner_key",
+    "/{roomid}/delete_room",
+]
+# What a 200 from these would change for the other requests happens in a spare room.
+SPARE = {"/{roomid}/settings", "/{roomid}/owner_key", "/{roomid}/delete_room"}
 LIMITED = [
     "/createroom",
     "/{roomid}/register",
@@ -371,6 +456,90 @@ PROVOKED = [
     *(Provoke("get", path, 404, room="malformed") for path in ROOM_GETS),
     *(Provoke("post", path, 404, room="malformed", body=valid_body(path)) for path in POSTS[1:]),
     *(Provoke("get", path, 503, "down") for path in ROOM_GETS),
+    # Banned names
+    Provoke("post", "/{roomid}/login", 403, body=BANNED),
+    *(Provoke("post", path, 403, body=banned_body) for path in POSTS[3:]),
+    # Owners
+    *(
+        Provoke("post", path, 200, room="spare" if path in SPARE else "real", body=valid_body(path))
+        for path in OWNER_POSTS
+    ),
+    Provoke(
+        "post",
+        "/{roomid}/export",
+        200,
+        body=lambda s: {**valid_body("/{roomid}/export")(s), "format": "text"},
+    ),
+    *(Provoke("post", path, 400, body={"unexpected": True}) for path in OWNER_POSTS),
+    Provoke(
+        "post",
+        "/{roomid}/settings",
+        400,
+        body=lambda s: {"owner_key": s.owner_key, "retention_days": 0},
+    ),
+    Provoke(
+        "post", "/{roomid}/export", 400, body=lambda s: {"owner_key": s.owner_key, "format": "xml"}
+    ),
+    Provoke("post", "/{roomid}/delete_message", 400, body=lambda s: {"id": "1"}),
+    *(Provoke("post", path, 401, body=NOT_THE_OWNER) for path in OWNER_POSTS),
+    Provoke("post", "/{roomid}/delete_message", 401, body=NOT_LOGGED_IN | {"id": "1"}),
+    Provoke(
+        "post",
+        "/{roomid}/delete_message",
+        200,
+        body=lambda s: {"id": s.new_message_id(), "username": "alice", "token": s.token},
+    ),
+    Provoke(
+        "post",
+        "/{roomid}/delete_message",
+        403,
+        body=lambda s: {
+            "id": s.new_message_id(),
+            "username": "bob",
+            "token": s.store.login(s.roomid, "bob", PASSWORD),
+        },
+    ),
+    Provoke(
+        "post",
+        "/{roomid}/delete_message",
+        404,
+        body=lambda s: {"id": "999999", "owner_key": s.owner_key},
+    ),
+    Provoke(
+        "post",
+        "/{roomid}/ban",
+        404,
+        body=lambda s: {"owner_key": s.owner_key, "username": "nobody"},
+    ),
+    Provoke(
+        "post",
+        "/{roomid}/unban",
+        404,
+        body=lambda s: {"owner_key": s.owner_key, "username": "carol"},
+    ),
+    *(Provoke("post", path, 404, room="unknown", body=valid_body(path)) for path in OWNER_POSTS),
+    *(Provoke("post", path, 404, room="malformed", body=NOT_THE_OWNER) for path in OWNER_POSTS),
+    *(Provoke("post", path, 413, body=too_large(path)) for path in OWNER_POSTS),
+    *(Provoke("post", path, 415, body="hello", media_type="text/plain") for path in OWNER_POSTS),
+    *(
+        Provoke("post", path, 429, "limited", body=NOT_THE_OWNER, attempts=3)
+        for path in OWNER_POSTS
+    ),
+    *(Provoke("post", path, 503, "down", body=NOT_THE_OWNER) for path in OWNER_POSTS),
+    Provoke("get", "/{roomid}/settings", 200),
+    Provoke("get", "/{roomid}/settings", 200, headers=as_the_owner),
+    Provoke("get", "/{roomid}/settings", 401, headers={"Authorization": "Bearer not the key"}),
+    Provoke("get", "/{roomid}/settings", 404, room="unknown", headers=as_the_owner),
+    Provoke("get", "/{roomid}/settings", 404, room="malformed"),
+    Provoke(
+        "get",
+        "/{roomid}/settings",
+        429,
+        "limited",
+        headers={"Authorization": "Bearer not the key"},
+        attempts=3,
+    ),
+    Provoke("get", "/{roomid}/settings", 503, "down"),
 ]
 
 
@@ -408,6 +577,31 @@ def test_an_event_stream_is_as_documented(live: Served) -> None:
         message = stream.next_of("message")
     component("Message").validate(message.data)
     assert message.id == message.data["id"]
+
+
+def test_moderation_on_an_event_stream_is_as_documented(live: Served) -> None:
+    room = live.spare()
+    room.store.register(room.roomid, "frank", PASSWORD)
+    token = room.store.login(room.roomid, "frank", PASSWORD)
+    posted = room.store.post_message(room.roomid, "frank", token, "soon gone")
+    with EventStream(live.url, f"/{room.roomid}/events?after={posted.id}") as stream:
+        assert stream.next_event().event == "presence"
+        room.store.delete_message(room.roomid, posted.id, owner_key=room.owner_key)
+        deleted = stream.next_of("delete")
+        room.store.ban(room.roomid, room.owner_key, "FRANK")
+        banned = stream.next_of("ban")
+        room.store.unban(room.roomid, room.owner_key, "frank")
+        unbanned = stream.next_of("unban")
+        room.store.delete_room(room.roomid, room.owner_key)
+        gone = stream.next_of("gone")
+        with pytest.raises(EOFError):  # the stream ends after `gone`
+            stream.next_event()
+    component("Deleted").validate(deleted.data)
+    assert deleted.data == {"id": posted.id}
+    for event in (banned, unbanned):
+        component("MemberChange").validate(event.data)
+        assert event.data == {"username": "frank"}
+    assert gone.data == {}
 
 
 def test_every_documented_answer_is_provoked() -> None:

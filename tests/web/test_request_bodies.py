@@ -25,7 +25,9 @@ ALICE = {"username": "alice", "token": "not a real token but well formed"}
 
 # Each endpoint, the body it takes, and the extra keys of its failure replies.
 ENDPOINTS = [
-    pytest.param("/createroom", {"alias": "chunked"}, {"roomid": None}, id="createroom"),
+    pytest.param(
+        "/createroom", {"alias": "chunked"}, {"roomid": None, "owner_key": None}, id="createroom"
+    ),
     pytest.param(
         "/{roomid}/register",
         {"username": "bob", "password": "correct horse battery"},
@@ -120,7 +122,12 @@ def test_a_body_that_stops_arriving_gets_a_408(served: ServedApp) -> None:
         waited = time.monotonic() - started
         assert response.status == 408
         reply = json.loads(response.read())
-    assert reply == {"succeeded": False, "explanation": reply["explanation"], "roomid": None}
+    assert reply == {
+        "succeeded": False,
+        "explanation": reply["explanation"],
+        "roomid": None,
+        "owner_key": None,
+    }
     assert "too long" in reply["explanation"]
     assert waited < 10
 
