@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ lint: $(VENV)/.installed-dev
 ## Benchmark the production setup (needs wrk and redis-server); see README, Performance.
 bench: $(VENV)/.installed-dev
 	$(BIN)/python tests/bench/run.py --out bench-results.json
+
+## Build the wheel and source archive into dist/ (pip install dist/flaskchat-*.whl).
+dist: $(VENV)/.installed-dev
+	$(BIN)/python -m build --outdir dist .
 
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format flaskchat tests

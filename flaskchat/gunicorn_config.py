@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
+from typing import Any
 
 bind = os.environ.get("FLASKCHAT_BIND", "127.0.0.1:8000")
 # gunicorn's gevent worker, plus a cap on open connections per client IP
@@ -44,3 +46,32 @@ access_log_format = '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss'
 # Escapes every logged field (a request cannot forge a line) and logs a room id
 # only in its short form (/r:3fa9c1/login): see flaskchat.logs.
 logger_class = "flaskchat.gunicorn_logging.Logger"
+
+
+# With FLASKCHAT_METRICS=true, every worker counts into files in one folder and
+# /metrics adds them up (prometheus_client's multiprocess mode): see flaskchat.metrics.
+_metrics_folder: str | None = None
+
+
+def on_starting(server: Any) -> None:
+    """Check the settings (a bad value stops gunicorn here with one line, before
+    any worker starts), then prepare the metrics folder before any worker is forked."""
+    global _metrics_folder
+    from flaskchat.app import check_settings_before_serving
+    from flaskchat.metrics import prepare_worker_files
+
+    check_settings_before_serving()
+    _metrics_folder = prepare_worker_files()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A dead worker's open event streams stop counting."""
+    from flaskchat.metrics import forget_worker
+
+    forget_worker(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    """Remove the metrics folder if `on_starting` made it."""
+    if _metrics_folder is not None:
+        shutil.rmtree(_metrics_folder, ignore_errors=True)

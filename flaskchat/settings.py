@@ -52,4 +52,8 @@ DEFAULTS: dict[str, Any] = {
     "REQUEST_BODY_TIMEOUT": 10.0,
     # No JSON body we accept comes near this; larger requests get 413.
     "MAX_CONTENT_LENGTH": 64 * 1024,
+    # Serve Prometheus metrics at /metrics (needs the `metrics` extra).
+    "METRICS": False,
+    # Addresses or networks that may read /metrics; others get 404.
+    "METRICS_ALLOW": ["127.0.0.1/8", "::1/128"],
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 from .base import Backend, RoomDump, StoredMessage, UserRecord
@@ -26,12 +27,12 @@ def open_backend(url: str, instance_path: str | os.PathLike[str] | None = None) 
             path = os.path.join(instance_path or os.getcwd(), path)
         return SqliteBackend(path)
     if url.startswith(("redis://", "rediss://", "unix://")):
-        try:
-            from .redis import RedisBackend
-        except ImportError:
+        if importlib.util.find_spec("redis") is None:  # imported only when used
             raise ValueError(
                 "A redis:// store needs the redis extra: pip install 'flaskchat[redis]'"
-            ) from None
+            )
+        from .redis import RedisBackend
+
         return RedisBackend(url)
     raise ValueError(
         f"Unsupported store URL {url!r}: use sqlite:///file, redis://host:port/db or memory://"

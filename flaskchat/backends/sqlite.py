@@ -998,6 +998,17 @@ class SqliteBackend:
         """`ok` when SQLite finds nothing wrong with the file."""
         return str(self._read(lambda c: c.execute("PRAGMA integrity_check").fetchone()[0]))
 
+    def backup(self, path: str | os.PathLike[str]) -> None:
+        """Copy the database as it stands at one moment into the SQLite file `path`
+        (SQLite's online backup API, in one step: one read transaction, so one
+        consistent snapshot). Under WAL, writers of every process go on meanwhile."""
+        try:
+            source = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000)
+            with contextlib.closing(source), contextlib.closing(sqlite3.connect(path)) as target:
+                source.backup(target)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable() from exc
+
 
 class WalIndex:
     """A read-only look at the wal-index header that SQLite keeps at the start of

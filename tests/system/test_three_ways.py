@@ -4,9 +4,11 @@ in scripts. Each is run for real here, and a seed client drives the result."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+import tarfile
 import textwrap
 import urllib.error
 import urllib.request
@@ -62,25 +64,22 @@ def test_flask_run_serves_the_seed_api(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert (tmp_path / "dev.sqlite3").is_file()
+    # A checkout's instance folder is instance/ beside the package; the start-up
+    # lines say so, and which store is open.
+    logs = server.logs()
+    assert f"Instance folder {REPO / 'instance'}; " in logs
+    assert f"Store: the SQLite file {tmp_path / 'dev.sqlite3'}." in logs
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtual environment with flaskchat installed from a built wheel."""
+    """A fresh virtual environment with flaskchat installed from the wheel that
+    `make dist` builds (`python -m build`), as the README says."""
     work = tmp_path_factory.mktemp("install")
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "-q",
-            "-w",
-            str(work),
-            str(REPO),
-        ],
+        [sys.executable, "-m", "build", "--outdir", str(work), str(REPO)],
         check=True,
+        capture_output=True,
         timeout=300,
     )
     [wheel] = work.glob("flaskchat-*.whl")
@@ -92,6 +91,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "flaskchat/static/openapi.json",
     ):
         assert packaged in names, packaged
+    assert any(name.endswith("/LICENSE") for name in names)
+    [sdist] = work.glob("flaskchat-*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        assert any(name.endswith("/LICENSE") for name in archive.getnames())
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     subprocess.run(
@@ -180,3 +183,95 @@ def test_a_script_writes_what_the_running_server_serves(tmp_path: Path) -> None:
         assert re.fullmatch(LINE.format(user="bot", text="hello from a script"), lines[0])
     finally:
         server.stop()
+
+
+@pytest.mark.timeout(900)
+def test_an_installed_copy_reads_the_documented_instance_folder(
+    installed: Path, tmp_path: Path
+) -> None:
+    """<prefix>/var/flaskchat-instance: its config.py is read, the SQLite file
+    lands there, and the start-up lines in gunicorn's log say both."""
+    instance = installed / "var" / "flaskchat-instance"
+    instance.mkdir(parents=True, exist_ok=True)
+    (instance / "config.py").write_text("CONVERSATION_LIMIT = 1\n")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASKCHAT_")}
+    server = Service(
+        [
+            str(installed / "bin" / "gunicorn"),
+            "-c",
+            "python:flaskchat.gunicorn_config",
+            "-w",
+            "1",
+            "-b",
+            f"127.0.0.1:{port}",
+            "flaskchat:create_app()",
+        ],
+        port,
+        cwd=tmp_path,
+        log=tmp_path / "gunicorn.log",
+    )
+    server.env = env
+    try:
+        server.start()
+        roomid, token = seed_conversation(server.url)
+        body = {"username": "alice", "token": token, "message": "again"}
+        assert call(server.url, f"/{roomid}/message", body)[0] == 200
+        status, lines = call(server.url, f"/{roomid}/get_conversation")
+        assert status == 200 and len(lines) == 1  # CONVERSATION_LIMIT from config.py
+    finally:
+        server.stop()
+        (instance / "config.py").unlink()
+    logs = server.logs()
+    assert f"Instance folder {instance}; settings from {instance / 'config.py'} and " in logs
+    assert f"Store: the SQLite file {instance / 'flaskchat.sqlite3'}." in logs
+    assert (instance / "flaskchat.sqlite3").is_file()
+    assert not (installed / "var" / "flaskchat.app-instance").exists()
+
+
+def test_an_installed_copy_without_the_redis_extra_says_to_install_it(
+    installed: Path, tmp_path: Path
+) -> None:
+    redis_url = f"redis://127.0.0.1:{free_port()}/0"
+    env = {**os.environ, "FLASKCHAT_STORE_URL": f"sqlite:///{tmp_path / 'chat.sqlite3'}"}
+    copy = subprocess.run(
+        [
+            str(installed / "bin" / "flask"),
+            "--app",
+            "flaskchat",
+            "store",
+            "copy",
+            redis_url,
+            f"sqlite:///{tmp_path / 'copy.sqlite3'}",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert copy.returncode == 2
+    [line] = (copy.stdout + copy.stderr).strip().splitlines()
+    assert line.startswith("Error: ") and "pip install 'flaskchat[redis]'" in line
+
+    serve = subprocess.run(
+        [
+            str(installed / "bin" / "gunicorn"),
+            "-c",
+            "python:flaskchat.gunicorn_config",
+            "-b",
+            f"127.0.0.1:{free_port()}",
+            "flaskchat:create_app()",
+        ],
+        env={**env, "FLASKCHAT_STORE_URL": redis_url},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert serve.returncode != 0
+    output = serve.stdout + serve.stderr
+    assert "Traceback" not in output
+    [line] = [line for line in output.splitlines() if line and "[INFO]" not in line]
+    assert line.startswith("Error: Setting STORE_URL (FLASKCHAT_STORE_URL) is ")
+    assert "pip install 'flaskchat[redis]'" in line
