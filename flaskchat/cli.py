@@ -18,8 +18,10 @@ from . import rules
 from .backends import Backend, open_backend
 from .backends.sqlite import SqliteBackend
 from .config_check import public_url
-from .errors import StoreUnavailable
+from .errors import RoomNotFound, StoreUnavailable
 from .logs import room_log_id
+from .rooms import export_json
+from .store import RoomStore
 from .transfer import (
     CheckReport,
     CopyReport,
@@ -184,3 +186,113 @@ def log_id_command(roomid: str) -> None:
     if not rules.looks_like_roomid(roomid):
         raise click.UsageError(f"{roomid!r} is not a room id.")
     click.echo(room_log_id(current_app, roomid))
+
+
+# Rooms, with the server's authority: these commands need no owner key.
+
+
+def room_store() -> RoomStore:
+    return current_app.extensions["flaskchat"]  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def room_failures(roomid: str = "") -> Iterator[None]:
+    """An unknown room, or a store that cannot be reached, as one line. A reader
+    that hangs up (`| head`) is left to click, which ends quietly."""
+    try:
+        yield
+    except RoomNotFound:
+        raise click.ClickException(f"There is no room {roomid!r}.") from None
+    except StoreUnavailable as error:
+        url = public_url(str(current_app.config["STORE_URL"]))
+        raise click.ClickException(f"Cannot use {url}: {reason(error)}") from None
+
+
+@room_cli.command("list")
+def list_command() -> None:
+    """Print every room: its id and alias, separated by a tab, one room a line."""
+    store = room_store()
+    with room_failures():
+        for roomid in store.room_ids():
+            try:
+                alias = store.alias(roomid)
+            except RoomNotFound:  # removed meanwhile
+                continue
+            click.echo(f"{roomid}\t{alias}")
+
+
+@room_cli.command("show", context_settings=ROOMID_ARGUMENT)
+@click.argument("roomid")
+def show_command(roomid: str) -> None:
+    """Print ROOMID's alias, counts and owner settings (never a key, token or password)."""
+    with room_failures(roomid):
+        room = room_store().summary(roomid)
+    days = room.settings.retention_days
+    shown = {
+        "room": room.roomid,
+        "alias": room.alias,
+        "accounts": str(room.accounts),
+        "messages": str(room.messages),
+        "owner": "yes" if room.has_owner else "none",
+        "registration": "open" if room.settings.registration_open else "closed",
+        "retention": "for ever" if days is None else f"{days} day{'' if days == 1 else 's'}",
+        "banned": ", ".join(room.settings.banned or ()) or "none",
+    }
+    for name, value in shown.items():
+        click.echo(f"{name + ':':<14}{value}")
+
+
+@room_cli.command("export", context_settings=ROOMID_ARGUMENT)
+@click.argument("roomid")
+@click.option(
+    "--format",
+    "kind",
+    default="json",
+    show_default=True,
+    metavar="json|text",
+    help="json (as the API's export) or text (the conversation's lines).",
+)
+def export_command(roomid: str, kind: str) -> None:
+    """Write ROOMID's whole history to standard output as it is read, a batch at
+    a time, so a room of any size exports in little memory."""
+    if kind not in ("json", "text"):
+        raise click.ClickException('The format must be "json" or "text".')
+    store = room_store()
+    with room_failures(roomid):
+        alias = store.alias(roomid)
+        messages = store.export_room(roomid)
+        chunks: Iterator[str]
+        if kind == "text":
+            chunks = (message.line + "\n" for message in messages)
+        else:
+            chunks = export_json(roomid, alias, messages)
+        for chunk in chunks:
+            click.echo(chunk, nl=False)
+
+
+@room_cli.command("delete", context_settings=ROOMID_ARGUMENT)
+@click.argument("roomid")
+@click.option("--yes", is_flag=True, help="Delete without asking.")
+def delete_command(roomid: str, yes: bool) -> None:
+    """Delete ROOMID and every trace of it (accounts, messages, settings); its
+    open streams end and its id is never used again."""
+    store = room_store()
+    with room_failures(roomid):
+        alias = store.alias(roomid)
+    if not yes:
+        click.confirm(f'Delete the room "{alias}" ({roomid}) and everything in it?', abort=True)
+    with room_failures(roomid):
+        store.remove_room(roomid)
+    click.echo(f"Deleted the room {roomid}.")
+
+
+@room_cli.command("owner-key", context_settings=ROOMID_ARGUMENT)
+@click.argument("roomid")
+def owner_key_command(roomid: str) -> None:
+    """Give ROOMID a new owner key, for an owner who lost theirs (the old key
+    stops working). The owner opens the link after the site's address."""
+    with room_failures(roomid):
+        owner_key = room_store().issue_owner_key(roomid)
+    click.echo(f"New owner key for the room {roomid} (the old one no longer works):")
+    click.echo(owner_key)
+    click.echo(f"Owner link: /{roomid}/#owner={owner_key}")
