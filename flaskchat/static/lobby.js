@@ -1,8 +1,33 @@
-import { explanation, postJSON, rememberRoom, rememberedRooms, urlFor } from "./api.js";
+import {
+  explanation,
+  keepOwnerKey,
+  ownerLink,
+  postJSON,
+  rememberRoom,
+  rememberedRooms,
+  urlFor,
+} from "./api.js";
 
-const form = document.getElementById("create-room");
-const alias = document.getElementById("alias");
-const status = document.getElementById("lobby-status");
+const $ = (id) => document.getElementById(id);
+const form = $("create-room");
+const alias = $("alias");
+const status = $("lobby-status");
+
+// A new room's two links stay on screen until the person has kept them: the owner
+// link is shown once and nobody can send it again.
+function showCreated(roomid, name, key) {
+  const url = urlFor(`${encodeURIComponent(roomid)}/`);
+  rememberRoom(url, name);
+  keepOwnerKey(roomid, key); // this browser is the owner's
+  $("created-alias").textContent = name;
+  $("room-link").value = url;
+  $("owner-link").value = ownerLink(url, key);
+  $("open-room").href = url;
+  $("copy-status").textContent = "";
+  $("created").hidden = false;
+  $("created-heading").focus();
+  showRememberedRooms();
+}
 
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
@@ -12,9 +37,8 @@ form.addEventListener("submit", async (event) => {
   try {
     const result = await postJSON("createroom", { alias: alias.value });
     if (result.status === 200 && result.data && result.data.roomid) {
-      const url = urlFor(`${encodeURIComponent(result.data.roomid)}/`);
-      rememberRoom(url, alias.value.trim());
-      window.location.assign(url);
+      showCreated(result.data.roomid, alias.value.trim(), result.data.owner_key);
+      form.reset();
       return;
     }
     status.textContent = explanation(result, "The room could not be created.");
@@ -25,9 +49,24 @@ form.addEventListener("submit", async (event) => {
   }
 });
 
+async function copyField(field, copied) {
+  try {
+    await navigator.clipboard.writeText(field.value);
+    $("copy-status").textContent = copied;
+  } catch {
+    field.select(); // let the person copy it themselves
+    $("copy-status").textContent = "Copying was refused: the link is selected, copy it with your keyboard or menu.";
+  }
+}
+
+$("copy-room-link").addEventListener("click", () => copyField($("room-link"), "Room link copied."));
+$("copy-owner-link").addEventListener("click", () =>
+  copyField($("owner-link"), "Owner link copied. Keep it secret."),
+);
+
 function showRememberedRooms() {
   const rooms = rememberedRooms();
-  const list = document.getElementById("my-rooms");
+  const list = $("my-rooms");
   list.replaceChildren();
   for (const room of rooms) {
     if (!/^https?:/.test(String(room.url))) continue; // only links this page stored
@@ -38,7 +77,7 @@ function showRememberedRooms() {
     item.append(link);
     list.append(item);
   }
-  document.getElementById("my-rooms-section").hidden = rooms.length === 0;
+  $("my-rooms-section").hidden = rooms.length === 0;
 }
 
 showRememberedRooms();

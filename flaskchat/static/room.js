@@ -1,11 +1,33 @@
 // The room page: history, a live event stream that resumes where it left off,
-// a composer whose unsent messages survive a dropped connection, presence, and
-// accounts. User text is only ever set with textContent.
+// a composer whose unsent messages survive a dropped connection, presence,
+// accounts, and the owner's moderation. User text is only ever set with textContent.
 
-import { explanation, getJSON, postJSON, rememberRoom } from "./api.js";
+import {
+  explanation,
+  forgetRoom,
+  getJSON,
+  keepOwnerKey,
+  ownerKey,
+  postForFile,
+  postJSON,
+  rememberRoom,
+} from "./api.js";
 
 const $ = (id) => document.getElementById(id);
 const roomKey = window.location.pathname;
+const roomid = decodeURIComponent(roomKey.split("/").filter(Boolean).pop() || "");
+const roomUrl = window.location.origin + window.location.pathname;
+
+// An owner link (`#owner=KEY`) gives this browser the key; the fragment leaves the
+// address bar at once, so the key is in no copied link, bookmark or history entry.
+function takeOwnerKeyFromAddress() {
+  const key = new URLSearchParams(window.location.hash.slice(1)).get("owner");
+  if (key === null) return false;
+  if (key) keepOwnerKey(roomid, key);
+  window.history.replaceState(window.history.state, "", window.location.pathname + window.location.search);
+  return Boolean(key);
+}
+takeOwnerKeyFromAddress();
 const alias = $("room-alias").textContent;
 const sessionKey = `flaskchat:session:${roomKey}`;
 const outboxKey = `flaskchat:outbox:${roomKey}`;
@@ -25,6 +47,11 @@ const state = {
   reconnectTimer: null,
   unread: 0,
   sending: false,
+  cursor: null, // id of the last stream record handled: where a reconnect resumes
+  online: [],
+  owner: null, // the owner key, once the server has accepted it
+  removed: null, // the name the owner banned: the page reads on but offers no way to send
+  gone: false, // the room was deleted
 };
 
 function loadJSON(key, fallback) {
@@ -41,8 +68,15 @@ function saveJSON(key, value) {
   else localStorage.setItem(key, JSON.stringify(value));
 }
 
-function notify(text) {
+// `info` for good news (a saved setting), otherwise it reads as a problem.
+function notify(text, kind = "alert") {
   $("notice").textContent = text;
+  $("notice").dataset.kind = kind;
+}
+
+// Names are unique without regard to case; the server has the last word.
+function sameName(a, b) {
+  return a.normalize("NFKC").toLowerCase() === b.normalize("NFKC").toLowerCase();
 }
 
 function newClientId() {
@@ -91,6 +125,7 @@ function messageItem(message) {
   const item = document.createElement("li");
   item.className = "message";
   item.dataset.id = message.id;
+  item.dataset.author = message.username;
   const when = document.createElement("time");
   when.dateTime = message.time;
   when.textContent = timeFormat.format(new Date(message.time));
@@ -98,7 +133,65 @@ function messageItem(message) {
   const text = isolated("text", "");
   text.append(textWithMentions(message.text));
   item.append(when, " ", author, " ", text);
+  addMessageActions(item);
   return item;
+}
+
+// A control whose visible word is drawn by the stylesheet (from data-label), so
+// copying a line copies the conversation, not "Delete Ban"; its accessible name
+// says what it acts on.
+function actionButton(label, name, onClick) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = `action action-${label.toLowerCase()}`;
+  button.dataset.label = label;
+  button.setAttribute("aria-label", name);
+  button.addEventListener("click", onClick);
+  return button;
+}
+
+function isMe(username) {
+  return Boolean(state.session) && sameName(username, state.session.username);
+}
+
+// The owner may delete any message and ban its author; a member, their own messages.
+function addMessageActions(item) {
+  item.querySelector(".actions")?.remove();
+  const author = item.dataset.author;
+  const buttons = [];
+  if (state.owner || isMe(author)) {
+    buttons.push(actionButton("Delete", "Delete message", () => deleteMessage(item.dataset.id)));
+  }
+  if (state.owner && !isMe(author)) {
+    buttons.push(actionButton("Ban", `Ban ${author}`, () => banMember(author)));
+  }
+  if (buttons.length === 0) return;
+  const actions = document.createElement("span");
+  actions.className = "actions";
+  actions.append(...buttons);
+  item.append(actions);
+}
+
+function refreshActions() {
+  for (const item of state.shown.values()) addMessageActions(item);
+  showOnline(state.online);
+}
+
+// Take a message off the page (deleted here or elsewhere). If the keyboard was on
+// it, move to a neighbour's control rather than losing focus to the page.
+function removeMessage(id) {
+  const item = state.shown.get(id);
+  state.awaiting.get(id)?.remove();
+  state.awaiting.delete(id);
+  if (!item) return;
+  state.shown.delete(id);
+  if (item.contains(document.activeElement)) {
+    const neighbour = (sibling) => sibling?.querySelector(".action");
+    const next = neighbour(item.nextElementSibling) ?? neighbour(item.previousElementSibling);
+    if (next) next.focus();
+    else if (!$("composer").hidden) $("message").focus();
+  }
+  item.remove();
 }
 
 // Show messages once, in order. `older` pages go on top; everything else comes
@@ -145,14 +238,22 @@ document.addEventListener("visibilitychange", () => {
 });
 
 function showOnline(names) {
+  state.online = names;
   const list = $("online");
+  const active = document.activeElement;
+  const focused = active?.closest("#online") ? active.getAttribute("aria-label") : null;
   list.replaceChildren(
     ...names.map((name) => {
       const item = document.createElement("li");
       item.append(isolated("name", name));
+      if (state.owner && !isMe(name)) item.append(" ", actionButton("Ban", `Ban ${name}`, () => banMember(name)));
       return item;
     }),
   );
+  // A list redrawn under the keyboard keeps its place.
+  if (focused) {
+    [...list.querySelectorAll(".action")].find((b) => b.getAttribute("aria-label") === focused)?.focus();
+  }
 }
 
 function setConnection(stateName, label) {
@@ -191,16 +292,23 @@ $("load-older").addEventListener("click", async () => {
 
 async function connect() {
   clearTimeout(state.reconnectTimer);
+  if (state.gone) return;
   const attempt = ++state.connectAttempt;
   if (state.stream) state.stream.close();
   setConnection("connecting", "Connecting…");
   const params = new URLSearchParams();
-  if (state.lastId) params.set("after", state.lastId);
+  const after = state.cursor ?? state.lastId;
+  if (after) params.set("after", after);
   if (state.session) {
     try {
       const result = await postJSON("ticket", state.session);
       if (result.status === 200) params.set("ticket", result.data.ticket);
       else if (result.status === 401) forgetSession("Your session has ended. Please log in again.");
+      else if (result.status === 403) showRemoved();
+      else if (result.status === 404) {
+        showGone();
+        return;
+      }
     } catch {
       if (attempt === state.connectAttempt) scheduleReconnect();
       return;
@@ -212,7 +320,24 @@ async function connect() {
   const stream = new EventSource(`events${query ? `?${query}` : ""}`);
   state.stream = stream;
   let caughtUp = false;
-  stream.addEventListener("message", (event) => show([JSON.parse(event.data)]));
+  const handled = (event) => {
+    if (event.lastEventId) state.cursor = event.lastEventId;
+    return JSON.parse(event.data);
+  };
+  stream.addEventListener("message", (event) => show([handled(event)]));
+  stream.addEventListener("delete", (event) => removeMessage(handled(event).id));
+  stream.addEventListener("ban", (event) => {
+    const { username } = handled(event);
+    if (state.owner) loadSettings();
+    // Maybe us, maybe an old ban replayed: asking for a ticket tells which.
+    if (isMe(username)) connect();
+  });
+  stream.addEventListener("unban", (event) => {
+    const { username } = handled(event);
+    if (state.owner) loadSettings();
+    if (state.removed !== null && sameName(username, state.removed)) showReadmitted();
+  });
+  stream.addEventListener("gone", () => showGone());
   stream.addEventListener("presence", async (event) => {
     showOnline(JSON.parse(event.data).online);
     if (caughtUp) return;
@@ -228,8 +353,21 @@ async function connect() {
   stream.addEventListener("error", () => {
     // Reconnect ourselves: a fresh ticket and the newest cursor every time.
     stream.close();
-    if (state.stream === stream) scheduleReconnect();
+    if (state.stream !== stream) return;
+    scheduleReconnect();
+    checkRoomExists();
   });
+}
+
+// A stream that fails to open says nothing of why; a room deleted while this
+// page was away answers 404 here.
+async function checkRoomExists() {
+  try {
+    const result = await getJSON("settings");
+    if (result.status === 404) showGone();
+  } catch {
+    // Offline: the reconnect will ask again.
+  }
 }
 
 function scheduleReconnect() {
@@ -304,6 +442,9 @@ async function flushOutbox() {
         notify(explanation(result));
         setTimeout(flushOutbox, Math.max(result.retryAfter, 2) * 1000);
         return;
+      } else if (result.status === 403) {
+        showRemoved(); // banned: nothing in the outbox can be sent
+        return;
       } else {
         state.outbox.shift(); // refused for good: say why and drop it
         notify(explanation(result));
@@ -345,10 +486,11 @@ $("message").addEventListener("keydown", (event) => {
 
 function showSession() {
   const loggedIn = Boolean(state.session);
-  $("auth").hidden = loggedIn;
+  $("auth").hidden = loggedIn || state.removed !== null || state.gone;
   $("composer").hidden = !loggedIn;
   $("whoami").hidden = !loggedIn;
   $("me").textContent = loggedIn ? state.session.username : "";
+  refreshActions();
 }
 
 function forgetSession(message) {
@@ -420,19 +562,238 @@ $("logout").addEventListener("click", async () => {
 });
 
 $("copy-link").addEventListener("click", async () => {
+  // The page's address without its fragment: an owner link never leaves this way.
   try {
-    await navigator.clipboard.writeText(window.location.href);
-    notify("Room link copied. Share it with the people you want to chat with.");
+    await navigator.clipboard.writeText(roomUrl);
+    notify("Room link copied. Share it with the people you want to chat with.", "info");
   } catch {
-    notify(`Copy this link to share the room: ${window.location.href}`);
+    notify(`Copy this link to share the room: ${roomUrl}`, "info");
   }
+});
+
+// Banned: every device of this name was logged out, and the server refuses its
+// login and messages. The page reads on, anonymously, and offers nothing to send.
+function showRemoved() {
+  state.removed = state.session ? state.session.username : (state.removed ?? "");
+  state.session = null;
+  saveJSON(sessionKey, null);
+  state.outbox = [];
+  saveJSON(outboxKey, null);
+  renderOutbox();
+  showSession();
+  notify("You were removed from this room by its owner.");
+}
+
+function showReadmitted() {
+  state.removed = null;
+  showSession();
+  notify("The owner let you back in: you can log in again.", "info");
+}
+
+// The room was deleted (here, or on another page or device): nothing of it is
+// left to show, and this browser forgets what it kept for it.
+function showGone() {
+  if (state.gone) return;
+  // Only a holder of the owner key can delete a room: on the owner's pages, that is them.
+  const message = state.owner
+    ? "You deleted this room. Its link no longer works."
+    : "This room was deleted by its owner.";
+  state.gone = true;
+  clearTimeout(state.reconnectTimer);
+  state.connectAttempt++;
+  state.stream?.close();
+  state.stream = null;
+  for (const key of [sessionKey, outboxKey]) saveJSON(key, null);
+  keepOwnerKey(roomid, null);
+  forgetRoom(roomUrl);
+  state.session = null;
+  state.owner = null;
+  state.shown.clear();
+  state.awaiting.clear();
+  $("messages").replaceChildren();
+  for (const id of ["composer", "auth", "whoami", "owner-tools", "load-older", "copy-link"]) $(id).hidden = true;
+  $("online").replaceChildren();
+  setConnection("gone", "Deleted");
+  notify(message);
+}
+
+// Owner tools. The key goes in JSON bodies, and as a bearer token to read the ban
+// list; a key the server no longer accepts (replaced from another device) is dropped.
+
+function ownerRefused(result) {
+  if (result.status === 401) {
+    keepOwnerKey(roomid, null);
+    state.owner = null;
+    $("owner-tools").hidden = true;
+    refreshActions();
+    notify("The owner key kept in this browser no longer works: open the room's newest owner link.");
+  } else {
+    notify(explanation(result));
+    if (result.status === 404) checkRoomExists(); // no such member or message, or no room
+  }
+}
+
+async function loadSettings() {
+  const key = state.owner ?? ownerKey(roomid);
+  if (!key || state.gone) return;
+  let result;
+  try {
+    result = await getJSON("settings", { Authorization: `Bearer ${key}` });
+  } catch {
+    return; // offline: the tools appear once the server answers
+  }
+  if (result.status !== 200) {
+    ownerRefused(result);
+    return;
+  }
+  const becameOwner = state.owner === null;
+  state.owner = key;
+  showSettings(result.data);
+  $("owner-tools").hidden = false;
+  if (becameOwner) refreshActions();
+}
+
+function showSettings(settings) {
+  const form = $("settings-form");
+  form.elements.registration.value = settings.registration;
+  $("retention").value = settings.retention_days ?? "";
+  const banned = Array.isArray(settings.banned) ? settings.banned : [];
+  $("banned").replaceChildren(
+    ...banned.map((name) => {
+      const item = document.createElement("li");
+      item.append(isolated("name", name), " ", actionButton("Unban", `Unban ${name}`, () => unbanMember(name)));
+      return item;
+    }),
+  );
+  $("nobody-banned").hidden = banned.length > 0;
+}
+
+// Messages the new retention removed from storage leave this page too.
+function dropExpired(days) {
+  if (!days) return;
+  const cutoff = Date.now() - days * 86400000;
+  for (const [id, item] of [...state.shown]) {
+    if (Date.parse(item.querySelector("time").dateTime) < cutoff) removeMessage(id);
+  }
+}
+
+$("settings-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const retention = $("retention").value.trim();
+  const body = {
+    owner_key: state.owner,
+    registration: $("settings-form").elements.registration.value || "open",
+    retention_days: retention === "" ? null : Number(retention),
+  };
+  try {
+    const result = await postJSON("settings", body);
+    if (result.status !== 200) {
+      ownerRefused(result);
+      return;
+    }
+    showSettings(result.data.settings);
+    dropExpired(result.data.settings.retention_days);
+    notify("Settings saved.", "info");
+  } catch {
+    notify("The server cannot be reached. Please try again.");
+  }
+});
+
+async function ownerAction(path, body, done) {
+  try {
+    const result = await postJSON(path, body);
+    if (result.status !== 200) {
+      ownerRefused(result);
+      return false;
+    }
+    if (done) notify(done, "info");
+    return true;
+  } catch {
+    notify("The server cannot be reached. Please try again.");
+    return false;
+  }
+}
+
+async function deleteMessage(id) {
+  // The owner's key works on any message; a member proves authorship by token.
+  const body = state.owner ? { id, owner_key: state.owner } : { id, ...state.session };
+  try {
+    const result = await postJSON("delete_message", body);
+    if (result.status === 200 || result.status === 404) removeMessage(id); // gone either way
+    if (result.status === 200) return;
+    if (state.owner) ownerRefused(result);
+    else if (result.status === 401) forgetSession(explanation(result));
+    else notify(explanation(result));
+  } catch {
+    notify("The server cannot be reached. Please try again.");
+  }
+}
+
+async function banMember(username) {
+  if (await ownerAction("ban", { owner_key: state.owner, username }, `${username} was removed from the room.`)) {
+    loadSettings();
+  }
+}
+
+async function unbanMember(username) {
+  if (await ownerAction("unban", { owner_key: state.owner, username }, `${username} may come back.`)) {
+    loadSettings();
+  }
+}
+
+// A name that says what and where, from the room's alias.
+function exportName(format) {
+  const base = alias.replace(/[^\p{L}\p{N}_-]+/gu, "-").replace(/^-+|-+$/g, "").slice(0, 60) || "room";
+  return `${base}.${format === "text" ? "txt" : "json"}`;
+}
+
+async function download(format) {
+  let result;
+  try {
+    result = await postForFile("export", { owner_key: state.owner, format });
+  } catch {
+    notify("The server cannot be reached. Please try again.");
+    return;
+  }
+  if (!result.blob) {
+    ownerRefused(result);
+    return;
+  }
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(result.blob);
+  link.download = exportName(format);
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+}
+
+$("export-json").addEventListener("click", () => download("json"));
+$("export-text").addEventListener("click", () => download("text"));
+
+const dialog = $("delete-room-dialog");
+$("delete-room").addEventListener("click", () => dialog.showModal());
+$("delete-room-cancel").addEventListener("click", () => dialog.close());
+$("delete-room-confirm").addEventListener("click", async () => {
+  const ok = await ownerAction("delete_room", { owner_key: state.owner });
+  dialog.close();
+  if (ok) showGone();
+});
+dialog.addEventListener("close", () => {
+  if (!state.gone) $("delete-room").focus();
+});
+
+// Pasting an owner link into an open room page changes only the fragment.
+window.addEventListener("hashchange", () => {
+  if (takeOwnerKeyFromAddress()) loadSettings();
 });
 
 // Start
 
-rememberRoom(window.location.href, alias);
+rememberRoom(roomUrl, alias);
 showSession();
 renderOutbox();
+loadSettings();
 loadLatest()
   .catch(() => notify("The conversation could not be loaded yet; retrying."))
   .finally(() => {

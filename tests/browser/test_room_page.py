@@ -31,9 +31,11 @@ def api(base: str, path: str, body: dict[str, Any] | None = None) -> Any:
 
 
 def create_room(page: Page, base: str, alias: str) -> str:
+    """Create a room in the lobby, then follow its link there, as its owner."""
     page.goto(base)
     page.get_by_label("Room name").fill(alias)
     page.get_by_role("button", name="Create room").click()
+    page.get_by_role("link", name="Go to the room as its owner").click()
     page.wait_for_url(re.compile(r".*/[A-Za-z0-9_-]{22}/$"))
     expect(page.get_by_role("heading", level=1)).to_have_text(alias)
     return page.url
