@@ -1,4 +1,4 @@
-"""Failed logins leave one stable, unforgeable line that the README's fail2ban
+"""Failed logins leave one stable, unforgeable line that docs/security.md's fail2ban
 filter matches, and never the password nor the room id; no path a client sends can
 forge a line of the app's log either."""
 
@@ -21,12 +21,12 @@ from flaskchat.logs import KEY_FILE, escape, log_key, room_log_id
 from actions import PASSWORD, ChatActions
 from support import require_executable
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+SECURITY_DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 SECRET = "hunter2-not-the-password"
 
 
 def readme_filter() -> str:
-    text = README.read_text()
+    text = SECURITY_DOC.read_text()
     block = text.split("<!-- fail2ban-filter -->", 1)[1]
     return block.split("```ini\n", 1)[1].split("```", 1)[0]
 
