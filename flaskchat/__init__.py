@@ -3,6 +3,7 @@
 from .app import create_app
 from .errors import (
     AuthenticationFailed,
+    ClientIdReused,
     Forbidden,
     InvalidInput,
     LimitReached,
@@ -16,6 +17,7 @@ from .store import Conversation, Message, RoomStore
 
 __all__ = [
     "AuthenticationFailed",
+    "ClientIdReused",
     "Conversation",
     "Forbidden",
     "InvalidInput",

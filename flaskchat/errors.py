@@ -46,6 +46,20 @@ class UsernameTaken(StoreError):
     status = 409
 
 
+class ClientIdReused(StoreError):
+    """A `client_id` the user already sent with another text: a retry must repeat
+    the same message, so this is a client's mistake rather than a new message."""
+
+    status = 409
+
+    def __init__(
+        self,
+        explanation: str = "This client_id was already used for a different message."
+        " Send a new message with a new client_id.",
+    ) -> None:
+        super().__init__(explanation)
+
+
 class Forbidden(StoreError):
     """Known, but not allowed: a banned name, a closed room, someone else's message."""
 

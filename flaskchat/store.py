@@ -26,6 +26,7 @@ from .backends.base import BAN, DELETE, GONE, UNBAN, UNSET, AddedUser, RoomSetti
 from .cache import BoundedCache, size_of_strings
 from .errors import (
     AuthenticationFailed,
+    ClientIdReused,
     Forbidden,
     InvalidInput,
     LimitReached,
@@ -552,15 +553,18 @@ class RoomStore:
         self, roomid: str, username: str, token: str, text: str, client_id: str | None = None
     ) -> Message:
         """Store a message from a logged-in user. A retry with the same `client_id`
-        returns the first copy and stores nothing."""
+        returns the first copy and stores nothing; the same `client_id` with
+        another text raises `ClientIdReused` (one rule for every backend)."""
         key = self._authenticate(roomid, username, token)
         text = rules.clean_message(text, self.max_message_length)
         client_id = rules.clean_client_id(client_id)
         self._apply_retention(roomid)
         name = self._display_name(roomid, key)
-        stored, _ = self.backend.append_message(
+        stored, created = self.backend.append_message(
             roomid, key, name, text, datetime.now(UTC), client_id
         )
+        if not created and stored.text != text:
+            raise ClientIdReused()
         return self._message(stored)
 
     def conversation(self, roomid: str, limit: int | None = None) -> list[str]:

@@ -41,6 +41,8 @@ class MemoryBackend:
                   "settings": RoomSettings,
                   "users": {key: {"user": UserRecord, "tokens": {digest: None}}},
                   "log": [StoredMessage, ...] (messages and events, by id),
+                  "last_id": int (the room's own count: ids say nothing
+                              of other rooms, and never go back),
                   "client_ids": {(key, client_id): StoredMessage},
                   "tickets": {digest: (username, expires_at, session)},
                   "presence": {stream: (username, expires_at, session)}}}
@@ -52,7 +54,6 @@ class MemoryBackend:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._rooms: dict[str, dict[str, Any]] = {}
-        self._last_id = 0
         # Rooms that gained messages since the watcher last asked, and the
         # condition it waits on (sharing `_lock`), so listeners wake at once.
         self._changed: set[str] = set()
@@ -72,6 +73,7 @@ class MemoryBackend:
             "settings": settings,
             "users": {},
             "log": [],
+            "last_id": 0,
             "authors": {},
             "client_ids": {},
             "tickets": {},
@@ -194,10 +196,11 @@ class MemoryBackend:
         target: str | None = None,
     ) -> StoredMessage:
         """Add an entry to the room's log and wake the watcher; caller holds `_lock`."""
-        self._last_id += 1
+        room = self._rooms[roomid]
+        room["last_id"] += 1
         posted_at = max(posted_at, datetime.now(UTC))  # stamped under the lock
-        entry = StoredMessage(str(self._last_id), posted_at, username, text, kind, target)
-        self._rooms[roomid]["log"].append(entry)
+        entry = StoredMessage(str(room["last_id"]), posted_at, username, text, kind, target)
+        room["log"].append(entry)
         self._changed.add(roomid)
         self._appended.notify_all()
         return entry
@@ -362,7 +365,9 @@ class MemoryBackend:
 
     def remove_room(self, roomid: str) -> None:
         with self._lock:
+            last_id = self._rooms[roomid]["last_id"]
             self._rooms[roomid] = self._new_room(None, RoomSettings())
+            self._rooms[roomid]["last_id"] = last_id  # "gone" comes after everything
             self._append(roomid, datetime.now(UTC), "", "", GONE)
 
     def restore_room(self, dump: RoomDump) -> None:
@@ -375,9 +380,9 @@ class MemoryBackend:
             room = self._rooms[dump.roomid]
             room["settings"] = dump.settings
             for message in dump.messages:
-                self._last_id += 1
+                room["last_id"] += 1
                 stored = StoredMessage(
-                    str(self._last_id), message.posted_at, message.username, message.text
+                    str(room["last_id"]), message.posted_at, message.username, message.text
                 )
                 room["log"].append(stored)
                 room["authors"][stored.id] = message.username.casefold()

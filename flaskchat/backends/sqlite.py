@@ -140,6 +140,19 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (room_id, name_key)
     ) WITHOUT ROWID;
     """,
+    # The id clients see is `seq`, counted per room (`_next_seq`), so that it
+    # tells nothing of other rooms' traffic; the rowid `id` stays global for the
+    # watcher. Rows written before keep their id as `seq` (every id a client
+    # holds stays valid and in order), and each room counts on from its newest.
+    """
+    ALTER TABLE rooms ADD COLUMN last_seq INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN seq INTEGER;
+    UPDATE messages SET seq = id;
+    UPDATE rooms SET last_seq =
+        COALESCE((SELECT MAX(id) FROM messages WHERE messages.room_id = rooms.id), 0);
+    DROP INDEX messages_by_room;
+    CREATE UNIQUE INDEX messages_by_seq ON messages (room_id, seq);
+    """,
 )
 
 
@@ -187,8 +200,8 @@ def _from_us(us: int) -> datetime:
     return EPOCH + us * MICROSECOND
 
 
-# The columns of a log entry, as `_entry` reads them.
-ENTRY = "id, username, body, posted_at_us, kind, target"
+# The columns of a log entry, as `_entry` reads them; `seq` is the id clients see.
+ENTRY = "seq, username, body, posted_at_us, kind, target"
 
 
 def _entry(row: sqlite3.Row | tuple[int, str, str, int, str, int | None]) -> StoredMessage:
@@ -603,7 +616,7 @@ class SqliteBackend:
     def _append_row(conn: sqlite3.Connection, item: _PendingAppend) -> tuple[StoredMessage, bool]:
         if item.client_id is not None:
             row = conn.execute(
-                "SELECT id, username, body, posted_at_us FROM messages"
+                "SELECT seq, username, body, posted_at_us FROM messages"
                 " WHERE room_id = ? AND name_key = ? AND client_id = ?",
                 (item.roomid, item.key, item.client_id),
             ).fetchone()
@@ -611,14 +624,14 @@ class SqliteBackend:
                 return _message(row), False
         # Stamped under the write lock: the next row cannot get an earlier time.
         stamp = max(item.posted_at_us, _to_us(datetime.now(UTC)))
-        cursor = conn.execute(
-            "INSERT INTO messages (room_id, name_key, username, body, posted_at_us, client_id)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (item.roomid, item.key, item.username, item.text, stamp, item.client_id),
+        seq = SqliteBackend._next_seq(conn, item.roomid)
+        conn.execute(
+            "INSERT INTO messages"
+            " (room_id, seq, name_key, username, body, posted_at_us, client_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (item.roomid, seq, item.key, item.username, item.text, stamp, item.client_id),
         )
-        assert cursor.lastrowid is not None
-        row_id = cursor.lastrowid
-        return _message((row_id, item.username, item.text, stamp)), True
+        return _message((seq, item.username, item.text, stamp)), True
 
     def append_event(
         self, roomid: str, kind: str, username: str = "", target: str | None = None
@@ -631,19 +644,32 @@ class SqliteBackend:
         conn: sqlite3.Connection, roomid: str, kind: str, username: str, target: str | None
     ) -> StoredMessage:
         stamp = _to_us(datetime.now(UTC))
-        cursor = conn.execute(
-            "INSERT INTO messages (room_id, name_key, username, body, posted_at_us, kind, target)"
-            " VALUES (?, '', ?, '', ?, ?, ?)",
-            (roomid, username, stamp, kind, target),
+        seq = SqliteBackend._next_seq(conn, roomid)
+        conn.execute(
+            "INSERT INTO messages"
+            " (room_id, seq, name_key, username, body, posted_at_us, kind, target)"
+            " VALUES (?, ?, '', ?, '', ?, ?, ?)",
+            (roomid, seq, username, stamp, kind, target),
         )
-        assert cursor.lastrowid is not None
-        return StoredMessage(str(cursor.lastrowid), _from_us(stamp), username, "", kind, target)
+        return StoredMessage(str(seq), _from_us(stamp), username, "", kind, target)
+
+    @staticmethod
+    def _next_seq(conn: sqlite3.Connection, roomid: str) -> int:
+        """The room's next id, inside the write transaction. Counted in `rooms`
+        rather than from the newest row, so that it never goes back, not even
+        when the newest entry is deleted (its "delete" event must come after it)."""
+        rows = conn.execute(
+            "UPDATE rooms SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq", (roomid,)
+        ).fetchall()
+        if not rows:  # as the foreign key would have said
+            raise sqlite3.IntegrityError(f"no room {roomid!r}")
+        return int(rows[0][0])
 
     def message_author(self, roomid: str, message_id: str) -> str | None:
         wanted = parse_sequence_id(message_id)
         row = self._read(
             lambda c: c.execute(
-                "SELECT name_key FROM messages WHERE room_id = ? AND id = ? AND kind = 'message'",
+                "SELECT name_key FROM messages WHERE room_id = ? AND seq = ? AND kind = 'message'",
                 (roomid, wanted),
             ).fetchone()
         )
@@ -653,7 +679,7 @@ class SqliteBackend:
         wanted = parse_sequence_id(message_id)
         with self._erasing() as conn:
             cursor = conn.execute(
-                "DELETE FROM messages WHERE room_id = ? AND id = ? AND kind = 'message'",
+                "DELETE FROM messages WHERE room_id = ? AND seq = ? AND kind = 'message'",
                 (roomid, wanted),
             )
             if cursor.rowcount != 1:
@@ -703,8 +729,8 @@ class SqliteBackend:
         """The `limit` messages just below id `cut`, oldest first."""
         rows = self._read(
             lambda c: c.execute(
-                "SELECT id, username, body, posted_at_us FROM messages"
-                " WHERE room_id = ? AND id < ? AND kind = 'message' ORDER BY id DESC LIMIT ?",
+                "SELECT seq, username, body, posted_at_us FROM messages"
+                " WHERE room_id = ? AND seq < ? AND kind = 'message' ORDER BY seq DESC LIMIT ?",
                 (roomid, cut, max(limit, 0)),
             ).fetchall()
         )
@@ -714,8 +740,8 @@ class SqliteBackend:
         cut = 0 if after is None else parse_sequence_id(after)
         rows = self._read(
             lambda c: c.execute(
-                "SELECT id, username, body, posted_at_us FROM messages"
-                " WHERE room_id = ? AND id > ? AND kind = 'message' ORDER BY id LIMIT ?",
+                "SELECT seq, username, body, posted_at_us FROM messages"
+                " WHERE room_id = ? AND seq > ? AND kind = 'message' ORDER BY seq LIMIT ?",
                 (roomid, cut, max(limit, 0)),
             ).fetchall()
         )
@@ -725,8 +751,8 @@ class SqliteBackend:
         cut = 0 if after is None else parse_sequence_id(after)
         rows = self._read(
             lambda c: c.execute(
-                f"SELECT {ENTRY} FROM messages WHERE room_id = ? AND id > ?"  # noqa: S608
-                " ORDER BY id LIMIT ?",
+                f"SELECT {ENTRY} FROM messages WHERE room_id = ? AND seq > ?"  # noqa: S608
+                " ORDER BY seq LIMIT ?",
                 (roomid, cut, max(limit, 0)),
             ).fetchall()
         )
@@ -755,7 +781,7 @@ class SqliteBackend:
             # The header is read before the query, so a commit in between only
             # makes the next call read again.
             header = None if self._wal_index is None else self._wal_index.header()
-            row = conn.execute("SELECT MAX(id) FROM messages WHERE room_id = ?", (roomid,))
+            row = conn.execute("SELECT MAX(seq) FROM messages WHERE room_id = ?", (roomid,))
             newest = row.fetchone()[0]
             found = None if newest is None else str(newest)
             if header is not None:
@@ -794,8 +820,10 @@ class SqliteBackend:
                     time.sleep(WATCH_INTERVAL)
                 if current == version:
                     return set()
+                # By rowid: what is new, not the whole table (without NOT INDEXED
+                # the planner scans a (room_id, ...) index for the DISTINCT).
                 rows = conn.execute(
-                    "SELECT DISTINCT room_id FROM messages WHERE id > ?", (newest,)
+                    "SELECT DISTINCT room_id FROM messages NOT INDEXED WHERE id > ?", (newest,)
                 ).fetchall()
                 latest = conn.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0]
             except sqlite3.Error as exc:
@@ -903,8 +931,8 @@ class SqliteBackend:
             dump.messages = [
                 _message(row)
                 for row in c.execute(
-                    "SELECT id, username, body, posted_at_us FROM messages"
-                    " WHERE room_id = ? AND kind = 'message' ORDER BY id",
+                    "SELECT seq, username, body, posted_at_us FROM messages"
+                    " WHERE room_id = ? AND kind = 'message' ORDER BY seq",
                     (roomid,),
                 )
             ]
@@ -964,12 +992,22 @@ class SqliteBackend:
                 ],
             )
             conn.executemany(
-                "INSERT INTO messages (room_id, name_key, username, body, posted_at_us)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO messages (room_id, seq, name_key, username, body, posted_at_us)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
                 [
-                    (dump.roomid, m.username.casefold(), m.username, m.text, _to_us(m.posted_at))
-                    for m in dump.messages
+                    (
+                        dump.roomid,
+                        seq,
+                        m.username.casefold(),
+                        m.username,
+                        m.text,
+                        _to_us(m.posted_at),
+                    )
+                    for seq, m in enumerate(dump.messages, start=1)
                 ],
+            )
+            conn.execute(
+                "UPDATE rooms SET last_seq = ? WHERE id = ?", (len(dump.messages), dump.roomid)
             )
 
     def ping(self) -> None:

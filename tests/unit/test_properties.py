@@ -38,6 +38,7 @@ from hypothesis.stateful import (
 
 from flaskchat import (
     AuthenticationFailed,
+    ClientIdReused,
     InvalidInput,
     LimitReached,
     RoomNotFound,
@@ -344,6 +345,7 @@ OUTCOMES = {
     "posted",
     "posted under another spelling",
     "retry stored nothing",
+    "reused client_id refused",
     "revoked token refused",
     "other name refused",
     "text refused",
@@ -511,7 +513,7 @@ class StoreMachine(RuleBasedStateMachine):
     def post_message(self, session: Session, text: str, client_id: str | None) -> None:
         """A live token posts a valid text as its user; a revoked one posts nothing;
         an invalid text or client_id is refused; a retried client_id returns the
-        first copy and stores nothing."""
+        first copy and stores nothing, or is refused with another text."""
         self._post(session, session.name, text, client_id)
 
     @rule(
@@ -525,6 +527,15 @@ class StoreMachine(RuleBasedStateMachine):
     ) -> None:
         """A token posts under any spelling of its user's name and under no other."""
         self._post(session, name, text, client_id)
+
+    @rule(session=sessions, client_id=st.sampled_from(["c1", "c2", "retry 1"]))
+    def retry_a_send(self, session: Session, client_id: str) -> None:
+        """A client resends, padded, what it sent under `client_id` (if anything)."""
+        user = self._user(session.roomid, session.name)
+        key = ("" if user is None else user.name.casefold(), client_id)
+        first = self.model[session.roomid].by_client_id.get(key)
+        text = "hi" if first is None else f" {first.text}\n"
+        self._post(session, session.name, text, client_id)
 
     def _post(self, session: Session, name: str, text: str, client_id: str | None) -> None:
         roomid, token = session.roomid, session.token
@@ -548,9 +559,17 @@ class StoreMachine(RuleBasedStateMachine):
             )
             return
         assert user is not None
+        retry_key = (user.name.casefold(), client_id or "")
+        first = room.by_client_id.get(retry_key) if client_id is not None else None
+        if first is not None and first.text != clean:
+            self._refused(
+                {ClientIdReused},
+                lambda: self.store.post_message(roomid, name, token, text, client_id),
+            )
+            self.seen["reused client_id refused"] += 1
+            return
         started = datetime.now(UTC)
         posted = self.store.post_message(roomid, name, token, text, client_id)
-        retry_key = (user.name.casefold(), client_id or "")
         if client_id is not None and retry_key in room.by_client_id:
             assert posted == room.by_client_id[retry_key]
             self.seen["retry stored nothing"] += 1
@@ -815,8 +834,9 @@ def test_a_message_is_stored_stripped_or_refused(
 def test_a_client_id_stores_one_message_per_user_or_is_refused(
     cheap_store: RoomStore, client_id: str
 ) -> None:
-    """Any text: a client_id under which each user stores one message (a retry,
-    whatever its text, gets the first copy back), or InvalidInput and nothing."""
+    """Any text: a client_id under which each user stores one message (a retry
+    gets the first copy back; another text under it is refused), or
+    InvalidInput and nothing."""
     roomid = cheap_store.create_room("retries")
     tokens = {}
     for name in ["alice", "bob"]:
@@ -828,7 +848,9 @@ def test_a_client_id_stores_one_message_per_user_or_is_refused(
         assert cheap_store.conversation(roomid) == []
         return
     first = cheap_store.post_message(roomid, "alice", tokens["alice"], "hi", client_id)
-    retry = cheap_store.post_message(roomid, "ALICE", tokens["alice"], "changed", client_id)
+    retry = cheap_store.post_message(roomid, "ALICE", tokens["alice"], " hi ", client_id)
+    with pytest.raises(ClientIdReused):
+        cheap_store.post_message(roomid, "alice", tokens["alice"], "changed", client_id)
     other = cheap_store.post_message(roomid, "bob", tokens["bob"], "hi", client_id)
     assert retry == first
     assert other.id != first.id

@@ -68,24 +68,24 @@ def test_polls_ask_sqlite_again_only_after_a_commit_anywhere(tmp_path: Path) -> 
     second = store.post_message(roomid, "alice", token, "two")  # this process's writer
     assert store.conversation(roomid)[-1].endswith("<alice> two")
     assert backend.latest_message_id(roomid) == second.id
-    assert len([q for q in queries if "MAX(id)" in q]) == 1
+    assert len([q for q in queries if "MAX(seq)" in q]) == 1
     queries.clear()
 
     subprocess.run(
         [sys.executable, "-c", POST_FROM_ANOTHER_PROCESS, url, roomid, token], check=True
     )
     assert store.conversation(roomid)[-1].endswith("<alice> from another process")
-    assert len([q for q in queries if "MAX(id)" in q]) == 1
+    assert len([q for q in queries if "MAX(seq)" in q]) == 1
     queries.clear()
 
     with sqlite3.connect(path) as outside:  # a plain connection, as the sqlite3 shell
         outside.execute(
-            "INSERT INTO messages (room_id, name_key, username, body, posted_at_us)"
-            " VALUES (?, 'alice', 'alice', 'typed in the shell', 0)",
+            "INSERT INTO messages (room_id, seq, name_key, username, body, posted_at_us)"
+            " VALUES (?, 1000, 'alice', 'alice', 'typed in the shell', 0)",
             (roomid,),
         )
     assert store.conversation(roomid)[-1].endswith("<alice> typed in the shell")
-    assert [q for q in queries if "MAX(id)" in q]
+    assert [q for q in queries if "MAX(seq)" in q]
     store.close()
 
 
@@ -130,7 +130,7 @@ def test_an_untrusted_header_means_asking_sqlite_every_time(tmp_path: Path) -> N
     queries = queries_of(backend)
     for _ in range(3):
         assert backend.latest_message_id(roomid) == posted.id
-    assert len([q for q in queries if "MAX(id)" in q]) == 3
+    assert len([q for q in queries if "MAX(seq)" in q]) == 3
     store.close()
 
 

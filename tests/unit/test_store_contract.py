@@ -12,6 +12,7 @@ import pytest
 
 from flaskchat import (
     AuthenticationFailed,
+    ClientIdReused,
     InvalidInput,
     LimitReached,
     RoomNotFound,
@@ -207,7 +208,9 @@ def test_a_retry_with_the_same_client_id_stores_one_copy(room_store: RoomStore) 
     alice = joined(room_store, roomid, "alice")
     bob = joined(room_store, roomid, "bob")
     first = room_store.post_message(roomid, "alice", alice, "once", client_id="c-1")
-    again = room_store.post_message(roomid, "alice", alice, "twice?", client_id="c-1")
+    again = room_store.post_message(roomid, "alice", alice, "once", client_id="c-1")
+    with pytest.raises(ClientIdReused):  # another text under the same client_id
+        room_store.post_message(roomid, "alice", alice, "twice?", client_id="c-1")
     other_user = room_store.post_message(roomid, "bob", bob, "mine", client_id="c-1")
     assert again.id == first.id and again.text == "once"
     assert other_user.id != first.id

@@ -381,6 +381,12 @@ def banned_body(served: Served) -> dict[str, str]:
     return {**BANNED, "token": served.banned_token}
 
 
+def reused_client_id(served: Served) -> dict[str, Any]:
+    """A client_id that alice already sent with another text."""
+    served.store.post_message(served.roomid, "alice", served.token, "first", client_id="reused")
+    return {"username": "alice", "token": served.token, "message": "second", "client_id": "reused"}
+
+
 def as_the_owner(served: Served) -> dict[str, str]:
     return {"Authorization": f"Bearer {served.owner_key}"}
 
@@ -432,6 +438,7 @@ PROVOKED = [
     *(Provoke("post", path, 503, "down", body={"alias": "a", **NOT_LOGGED_IN}) for path in POSTS),
     Provoke("post", "/{roomid}/register", 403, "crowded", body=valid_body("/{roomid}/register")),
     Provoke("post", "/{roomid}/register", 409, body={"username": "ALICE", "password": PASSWORD}),
+    Provoke("post", "/{roomid}/message", 409, body=reused_client_id),
     Provoke(
         "post", "/{roomid}/login", 401, body={"username": "alice", "password": "wrong password"}
     ),
