@@ -106,7 +106,12 @@ def open_store(app: Flask) -> RoomStore:
             " process has rooms of its own. Set FLASKCHAT_STORE_URL for real use."
         )
     try:
-        backend = open_backend(url, app.instance_path)
+        backend = open_backend(
+            url,
+            app.instance_path,
+            redis_min_replicas=int(app.config["REDIS_MIN_REPLICAS"]),
+            redis_wait_ms=int(app.config["REDIS_WAIT_MS"]),
+        )
     except ValueError as error:  # a URL that passed its check but not the backend's
         raise SettingError(f"Setting STORE_URL (FLASKCHAT_STORE_URL): {error}") from None
     return RoomStore(

@@ -120,7 +120,8 @@ def _hash_problem(method: str) -> str | None:
     return None
 
 
-STORE_SCHEMES = ("sqlite:///", "redis://", "rediss://", "unix://", "memory://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+STORE_SCHEMES = ("sqlite:///", *REDIS_SCHEMES, "memory://")
 
 
 def store_url(value: Any) -> str:
@@ -129,7 +130,7 @@ def store_url(value: Any) -> str:
         raise ValueError(f"{takes} or memory://")
     if value == "sqlite:///":
         raise ValueError(f"{takes} (a SQLite URL needs a file name)")
-    if value.startswith(("redis://", "rediss://", "unix://")) and not _has_redis():
+    if value.startswith(REDIS_SCHEMES) and not _has_redis():
         raise ValueError(
             "a store whose backend is installed: a redis:// store needs the redis extra,"
             " pip install 'flaskchat[redis]'"
@@ -181,6 +182,8 @@ CHECKS: dict[str, Check] = {
     "TRUSTED_PROXIES": whole_number(0),
     "TRUSTED_HOSTS": host_names,
     "PASSWORD_HASH_METHOD": password_hash_method,
+    "REDIS_MIN_REPLICAS": whole_number(0),
+    "REDIS_WAIT_MS": whole_number(1),
     "SSE_KEEPALIVE": seconds,
     "RATELIMIT_STRATEGY": strategy,
     "RATELIMIT_HEADERS_ENABLED": boolean,

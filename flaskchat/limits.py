@@ -132,6 +132,8 @@ def default_storage_uri(app: Flask) -> str:
     store_url = str(app.config["STORE_URL"])
     if store_url.startswith(("redis://", "rediss://")):
         return store_url
+    if store_url.startswith("redis+cluster://"):  # the `limits` library's own scheme
+        return store_url.split("?", 1)[0]
     if store_url.startswith("unix://"):
         return "redis+" + store_url
     backend = app.extensions["flaskchat"].backend

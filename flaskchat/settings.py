@@ -17,6 +17,11 @@ DEFAULTS: dict[str, Any] = {
     "TRUSTED_PROXIES": 0,
     # Host names the app answers to (Flask's setting), e.g. ["chat.example.org"]; others get 400.
     "TRUSTED_HOSTS": None,
+    # On Redis, replicas that must hold each write before it is acknowledged (WAIT);
+    # with too few, the write answers 503 and a retry stores nothing twice.
+    "REDIS_MIN_REPLICAS": 0,
+    # Milliseconds a write waits for those replicas.
+    "REDIS_WAIT_MS": 500,
     # werkzeug's password hash method; the default is scrypt:32768:8:1.
     "PASSWORD_HASH_METHOD": "scrypt",
     # Seconds of silence after which an event stream sends a keep-alive comment.

@@ -16,9 +16,12 @@ from flask.testing import FlaskClient
 from flaskchat import RoomStore, create_app
 
 from actions import ChatActions
-from support import RedisServer, close_app
+from support import RedisClusterServer, RedisServer, close_app
 
 STORES = ["sqlite", "redis"]
+# Web test modules that also run on a Redis Cluster: the two-server tests of the
+# API and of live streams, a representative part that keeps the suite short.
+CLUSTER_MODULES = frozenset({"test_api", "test_live", "test_owners_api"})
 
 
 @pytest.fixture(scope="session")
@@ -37,10 +40,39 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.redis_url
 
 
-@pytest.fixture(params=STORES)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "redis":
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServer]:
+    """One private Redis Cluster (three masters, three replicas) for the session."""
+    cluster = RedisClusterServer(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisClusterServer) -> str:
+    """An empty Redis Cluster, back to three masters each with a replica."""
+    redis_cluster.restore()
+    redis_cluster.flush()
+    return redis_cluster.cluster_url
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The stores a test of `store_url` runs on: every module on SQLite and Redis,
+    the modules of `CLUSTER_MODULES` on a Redis Cluster too."""
+    if "store_kind" in metafunc.fixturenames:
+        module = metafunc.module.__name__.rsplit(".", 1)[-1]
+        metafunc.parametrize(
+            "store_kind", [*STORES, "cluster"] if module in CLUSTER_MODULES else STORES
+        )
+
+
+@pytest.fixture
+def store_url(store_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if store_kind == "redis":
         return str(request.getfixturevalue("redis_url"))
+    if store_kind == "cluster":
+        return str(request.getfixturevalue("redis_cluster_url"))
     return f"sqlite:///{tmp_path / 'chat.sqlite3'}"
 
 

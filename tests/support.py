@@ -309,6 +309,8 @@ def backend_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> st
     emptied database of the session's redis-server."""
     if kind == "redis":
         return str(request.getfixturevalue("redis_url"))
+    if kind == "cluster":
+        return str(request.getfixturevalue("redis_cluster_url"))
     return {"memory": "memory://", "sqlite": f"sqlite:///{tmp_path / 'chat.sqlite3'}"}[kind]
 
 
@@ -360,3 +362,166 @@ def gunicorn_service(
         cwd=log.parent,
         log=log,
     )
+
+
+class RedisClusterServer:
+    """Six private `redis-server` processes joined as one Redis Cluster: three
+    masters, each with one replica, and a short node timeout so that a replica
+    takes over from a killed master within seconds."""
+
+    NODE_TIMEOUT_MS = 2000
+
+    def __init__(self, directory: Path, size: int = 6) -> None:
+        self.directory = directory
+        self.nodes: list[Service] = []
+        server = require_executable("redis-server")
+        self.cli = require_executable("redis-cli")
+        for _ in range(size):
+            port = free_port()
+            folder = directory / str(port)
+            folder.mkdir()
+            argv = [
+                server,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(folder),
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(folder / "nodes.conf"),
+                "--cluster-node-timeout",
+                str(self.NODE_TIMEOUT_MS),
+                "--cluster-port",  # the bus, else port + 10000, which may be taken
+                str(free_port()),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+            ]
+            self.nodes.append(Service(argv, port, log=folder / "redis.log"))
+
+    @property
+    def ports(self) -> list[int]:
+        return [node.port for node in self.nodes]
+
+    @property
+    def cluster_url(self) -> str:
+        """Two seed nodes, as an operator would list them."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports[:2])
+
+    def start(self) -> Self:
+        try:
+            for node in self.nodes:
+                node.start()
+            subprocess.run(
+                [
+                    self.cli,
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{port}" for port in self.ports),
+                    "--cluster-replicas",
+                    "1",
+                    "--cluster-yes",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+            self.wait_until_ok()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def running(self) -> list[Service]:
+        return [node for node in self.nodes if node.process is not None]
+
+    def client(self, port: int) -> Any:
+        import redis
+
+        return redis.Redis(port=port, decode_responses=True, socket_timeout=5)
+
+    def info(self, port: int) -> dict[str, str]:
+        with self.client(port) as client:
+            text = client.execute_command("CLUSTER", "INFO")
+        if isinstance(text, dict):
+            return {str(k): str(v) for k, v in text.items()}
+        return dict(line.split(":", 1) for line in str(text).split() if ":" in line)
+
+    def masters(self) -> list[Service]:
+        """The running nodes that are masters now, each owning some slots."""
+        found = []
+        for node in self.running():
+            with self.client(node.port) as client:
+                if client.execute_command("ROLE")[0] == "master":
+                    found.append(node)
+        return found
+
+    def wait_until_ok(self, timeout: float = 60, *, whole: bool = True) -> None:
+        """Until every running node says `cluster_state:ok` and three masters hold
+        slots; `whole`: each master with a replica in sync, too."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self._is_ok(whole):
+                    return
+            except OSError:
+                pass
+            except Exception as error:  # redis-py's errors, while a node starts or fails over
+                if type(error).__module__.split(".")[0] != "redis":
+                    raise
+            if time.monotonic() > deadline:
+                raise TimeoutError("the Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+
+    def master_of(self, key: str) -> Service:
+        """The running master that holds `key`'s slot now."""
+        for node in self.masters():
+            with self.client(node.port) as client:
+                slot = client.execute_command("CLUSTER", "KEYSLOT", key)
+                owned = client.execute_command("CLUSTER", "SLOTS")
+            if any(r[0] <= slot <= r[1] and int(r[2][1]) == node.port for r in owned):
+                return node
+        raise LookupError(f"no master holds {key}")
+
+    def _is_ok(self, whole: bool) -> bool:
+        if any(self.info(n.port).get("cluster_state") != "ok" for n in self.running()):
+            return False
+        masters = self.masters()
+        return len(masters) == 3 and (not whole or all(self.replicas_of(m) for m in masters))
+
+    def replicas_of(self, master: Service) -> int:
+        """Replicas of `master` that are online."""
+        with self.client(master.port) as client:
+            info = client.info("replication")
+        return sum(
+            1
+            for name, value in info.items()
+            if name.startswith("slave")
+            and isinstance(value, dict)
+            and value.get("state") == "online"
+        )
+
+    def flush(self) -> None:
+        """Empty every master (replicas follow)."""
+        for node in self.masters():
+            with self.client(node.port) as client:
+                client.flushall()
+
+    def restore(self) -> None:
+        """Start again any node a test killed (it comes back as a replica) and
+        wait until the cluster is whole."""
+        stopped = [node for node in self.nodes if node.process is None]
+        for node in stopped:
+            node.start()
+        if stopped:
+            self.wait_until_ok(whole=True)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop(signal.SIGKILL)

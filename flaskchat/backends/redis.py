@@ -1,4 +1,5 @@
-"""`redis://host:port/db`: one set of rooms for many servers.
+"""`redis://host:port/db` or `redis+cluster://host:port,...`: one set of rooms
+for many servers.
 
 Install with the `redis` extra (redis-py with hiredis); the client library is
 imported only when this backend is opened, or hand over an existing client.
@@ -19,17 +20,33 @@ of a Redis Cluster and its multi-key scripts stay legal there:
     flaskchat:{roomid}:client_ids           HASH "<key> <client_id>" -> message id
     flaskchat:{roomid}:ticket:<digest>      STRING "<expiry> <session> <username>", expiring
     flaskchat:{roomid}:presence             ZSET "<stream> <session> <username>" by expiry
+    flaskchat:{roomid}:changed              sharded Pub/Sub channel (cluster only): a
+                                            stream entry was written
+
+On a cluster the watcher cannot read every watched stream with one XREAD: Redis
+Cluster refuses a command whose keys lie in different slots, even on one node.
+Each write to a stream is announced on the room's sharded channel instead, which
+lives in the room's slot, and the watcher holds one connection per node,
+subscribed to the channels of the rooms whose slots that node owns.
+
+With `min_replicas` above 0, every write that must survive the loss of a master
+is followed by `WAIT` on the same connection, and answers `StoreUnavailable` (503)
+unless enough replicas confirm it in `wait_ms`. Tickets, presence and the health
+key are not waited for: they live seconds and are made again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import select
 import time
 from collections.abc import Callable, Collection, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 from ..errors import InvalidInput, StoreUnavailable
 from ..live import system_poll
@@ -72,6 +89,8 @@ APPEND_SCRIPT = """
 if ARGV[1] ~= '' then
     local existing = redis.call('HGET', KEYS[2], ARGV[1])
     if existing and #redis.call('XRANGE', KEYS[1], existing, existing) > 0 then
+        -- Written again, so that a WAIT after a retry covers the first write.
+        redis.call('HSET', KEYS[2], ARGV[1], existing)
         return {0, existing, ''}
     end
 end
@@ -170,10 +189,86 @@ IDLE_CONNECTIONS = 64
 
 
 def _outages() -> tuple[type[Exception], ...]:
-    """What a lost or unreachable server raises (redis-py is imported on use)."""
-    from redis.exceptions import ConnectionError, TimeoutError
+    """What a lost or unreachable server raises (redis-py is imported on use),
+    and what a cluster answers while a slot moves or a replica takes over."""
+    from redis.exceptions import (
+        AskError,
+        ClusterDownError,
+        ConnectionError,
+        RedisClusterException,
+        TimeoutError,
+        TryAgainError,
+    )
 
-    return (ConnectionError, TimeoutError, OSError)
+    return (
+        ConnectionError,
+        TimeoutError,
+        OSError,
+        AskError,  # MOVED too: a command sent to one node's own connection
+        ClusterDownError,
+        TryAgainError,
+        RedisClusterException,
+    )
+
+
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+# A URL's own settings, for scripts: `?min_replicas=1&wait_ms=500`.
+_OWN_PARAMETERS = ("min_replicas", "wait_ms")
+
+
+def _own_parameters(url: str) -> tuple[str, dict[str, int]]:
+    """`url` without flaskchat's own query parameters, and their values."""
+    parts = urlsplit(url)
+    kept, own = [], {}
+    for pair in parts.query.split("&") if parts.query else []:
+        name, _, value = pair.partition("=")
+        if name in _OWN_PARAMETERS:
+            if not value.isdigit():
+                raise ValueError(f"{name} in a Redis URL takes a whole number, not {value!r}")
+            own[name] = int(value)
+        else:
+            kept.append(pair)
+    return parts._replace(query="&".join(kept)).geturl(), own
+
+
+def _cluster_client(url: str, **options: Any) -> Any:
+    """`redis+cluster://[user:password@]host:port[,host:port...][?options]`
+    (`rediss+cluster://` for TLS) as redis-py's `RedisCluster`: each listed
+    node is a seed from which the client learns the whole cluster."""
+    from redis.cluster import ClusterNode, RedisCluster
+
+    scheme, _, rest = url.partition("+cluster://")
+    userinfo, at, hosts = rest.rpartition("@")
+    hosts, _, query = hosts.partition("?")
+    hosts = hosts.split("/", 1)[0]  # a cluster has database 0 only
+    seeds = []
+    for seed in hosts.split(","):
+        host, _, port = seed.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"A cluster URL lists nodes as host:port, not {seed!r}")
+        seeds.append(ClusterNode(host, int(port)))  # type: ignore[no-untyped-call]
+    first = f"{scheme}://{userinfo}{at}{seeds[0].host}:{seeds[0].port}"
+    return RedisCluster.from_url(
+        first + (f"/?{query}" if query else ""), startup_nodes=seeds[1:], **options
+    )
+
+
+REFUSED_CREDENTIALS = "The chat store refused the user name or password of its URL."
+
+
+def _refused_credentials(error: Exception) -> bool:
+    from redis.exceptions import AuthenticationError, AuthenticationWrongNumberOfArgsError
+
+    return isinstance(error, AuthenticationError | AuthenticationWrongNumberOfArgsError) or (
+        "NOAUTH" in str(error) or "WRONGPASS" in str(error)
+    )
+
+
+def _check_auth(error: Exception) -> None:
+    """Refused credentials are a setting to fix, not an outage: say so in one
+    line (a 503 to a client, as every store failure is)."""
+    if _refused_credentials(error):
+        raise StoreUnavailable(REFUSED_CREDENTIALS) from None
 
 
 def _refuses_writes(error: Exception) -> bool:
@@ -251,51 +346,294 @@ class Connections:
             connection.disconnect()
 
 
+def _room_of(channel: str) -> str:
+    return channel.split("{", 1)[1].split("}", 1)[0]
+
+
+class ShardWatch:
+    """The watcher's view of a cluster: one connection per node, subscribed with
+    SSUBSCRIBE to the `changed` channels of the watched rooms whose slots that
+    node owns, all waited on at once. Only the watcher thread uses it.
+
+    A room is subscribed before it is first reported (so nothing written after
+    the report goes unseen) and reported again whenever its subscription is
+    lost: a node gone or failed over, or a slot moved away (the node then
+    unsubscribes it). Listeners read what they missed from the stream, so a
+    report too many costs one read and a lost connection loses no message.
+    Connections: one per node; channels: one per watched room."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._outages = _outages()
+        self._nodes: dict[str, Any] = {}  # node name -> its subscribed connection
+        self._rooms: dict[str, str] = {}  # watched room -> node name
+
+    def wait(self, roomids: Collection[str], timeout: float) -> set[str]:
+        wanted = set(roomids)
+        for roomid in set(self._rooms) - wanted:
+            self._unsubscribe(roomid)
+        fresh = wanted - set(self._rooms)
+        changed: set[str] = set()
+        if fresh:
+            try:
+                changed |= self._subscribe(fresh)
+            except self._outages as exc:
+                raise StoreUnavailable() from exc
+            return changed | fresh
+        if not self._nodes:
+            time.sleep(timeout)
+            return changed
+        try:
+            return self._read(timeout)
+        except self._outages as exc:
+            raise StoreUnavailable() from exc
+
+    def _subscribe(self, roomids: set[str]) -> set[str]:
+        """Subscribe on each room's node, and wait for each node's confirmation."""
+        by_node: dict[str, list[str]] = {}
+        for roomid in roomids:
+            node = self.client.get_node_from_key(_key(roomid, "changed"))
+            by_node.setdefault(node.name, []).append(roomid)
+        changed: set[str] = set()
+        for name, rooms in by_node.items():
+            connection = self._connection(name)
+            try:
+                for roomid in rooms:  # one channel a command: each its own slot
+                    connection.send_command("SSUBSCRIBE", _key(roomid, "changed"))
+                confirmed = 0
+                while confirmed < len(rooms):
+                    reply = list(connection.read_response(push_request=True))
+                    if isinstance(reply, list) and reply[0] == "ssubscribe":
+                        confirmed += 1
+                        self._rooms[_room_of(reply[1])] = name
+                    else:
+                        changed |= self._handle(name, reply)
+            except self._error_types() as exc:
+                self._drop(name)
+                self._refresh()
+                if not isinstance(exc, self._outages):
+                    raise StoreUnavailable() from exc  # MOVED: the slot went elsewhere
+                raise
+        return changed
+
+    def _error_types(self) -> tuple[type[Exception], ...]:
+        from redis.exceptions import ResponseError
+
+        return (*self._outages, ResponseError)
+
+    def _connection(self, name: str) -> Any:
+        connection = self._nodes.get(name)
+        if connection is None:
+            node = self.client.get_node(node_name=name)
+            connection = node.redis_connection.connection_pool.make_connection()
+            connection.connect()
+            self._nodes[name] = connection
+        return connection
+
+    def _unsubscribe(self, roomid: str) -> None:
+        name = self._rooms.pop(roomid)
+        connection = self._nodes.get(name)
+        if connection is None:
+            return
+        try:  # its confirmation is read, and passed over, with later replies
+            connection.send_command("SUNSUBSCRIBE", _key(roomid, "changed"))
+        except self._outages:
+            self._drop(name)
+
+    def _read(self, timeout: float) -> set[str]:
+        """What the nodes announce within `timeout`; the rooms of a node whose
+        connection fails are reported, and subscribed again on the next call."""
+        changed: set[str] = set()
+        ready = self._ready(0)
+        if not ready:
+            ready = self._ready(timeout)
+        for name in ready:
+            connection = self._nodes.get(name)
+            if connection is None:
+                continue
+            try:
+                while connection._sock is None or connection.can_read(0):
+                    changed |= self._handle(name, connection.read_response(push_request=True))
+            except self._error_types():
+                changed |= self._drop(name)
+                self._refresh()
+        return changed
+
+    def _ready(self, timeout: float) -> list[str]:
+        """Nodes with something to read. `select.poll` is gevent's when gevent
+        patched it, so waiting here lets other greenlets run."""
+        fds: dict[int, str] = {}
+        ready = []
+        for name, connection in self._nodes.items():
+            sock = connection._sock
+            if sock is None:
+                ready.append(name)  # closed: reading it tells what became of it
+            elif timeout == 0:
+                try:
+                    if connection.can_read(0):
+                        ready.append(name)
+                except self._outages:
+                    ready.append(name)
+            else:
+                fds[sock.fileno()] = name
+        if ready or timeout == 0:
+            return ready
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        return [fds[fd] for fd, _ in poller.poll(max(int(timeout * 1000), 1))]
+
+    def _handle(self, name: str, reply: Any) -> set[str]:
+        """One push from a node: an announcement, or a room the node let go."""
+        if isinstance(reply, list | tuple):  # hiredis's push type is a list of its own
+            reply = list(reply)
+        if not isinstance(reply, list) or len(reply) < 2:
+            return set()
+        kind, roomid = reply[0], _room_of(str(reply[1]))
+        if kind == "smessage":
+            return {roomid}
+        if kind == "sunsubscribe" and self._rooms.get(roomid) == name:
+            del self._rooms[roomid]  # the slot moved: subscribe on its new node
+            return {roomid}
+        return set()
+
+    def _drop(self, name: str) -> set[str]:
+        """Forget a node's connection; its rooms are watched afresh."""
+        connection = self._nodes.pop(name, None)
+        if connection is not None:
+            connection.disconnect()
+        lost = {roomid for roomid, node in self._rooms.items() if node == name}
+        for roomid in lost:
+            del self._rooms[roomid]
+        return lost
+
+    def _refresh(self) -> None:
+        with contextlib.suppress(Exception):  # no node answers yet: the next call tries again
+            self.client.nodes_manager.initialize()
+
+    def close(self) -> None:
+        for name in list(self._nodes):
+            self._drop(name)
+
+
 class RedisBackend:
     """Thread- and gevent-safe: redis-py's connection pool, or `Connections` for
     the hot commands, hands each caller its own connection. Lost connections
     and refused writes surface as `StoreUnavailable` (503); connections are made
     again on the next call."""
 
-    def __init__(self, url: str | None = None, *, client: Redis | None = None) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Redis | None = None,
+        min_replicas: int = 0,
+        wait_ms: int = 500,
+    ) -> None:
         if client is None:
             import redis
 
-            url = url or "redis://127.0.0.1:6379/0"
-            options: dict[str, Any] = {}
-            if url.startswith("redis://"):  # TLS and Unix sockets keep their own classes
-                options["connection_class"] = _connection_class()
-            client = redis.Redis.from_url(
-                url,
-                decode_responses=True,
-                socket_connect_timeout=2,
-                socket_timeout=5,
-                health_check_interval=30,
-                **options,
-            )
+            url, own = _own_parameters(url or "redis://127.0.0.1:6379/0")
+            min_replicas = own.get("min_replicas", min_replicas)
+            wait_ms = own.get("wait_ms", wait_ms)
+            common: dict[str, Any] = {
+                "decode_responses": True,
+                "socket_connect_timeout": 2,
+                "socket_timeout": 5,
+            }
+            if url.startswith(CLUSTER_SCHEMES):
+                try:
+                    client = _cluster_client(url, **common)
+                except (
+                    redis.exceptions.RedisError,
+                    redis.exceptions.RedisClusterException,
+                ) as error:
+                    if _refused_credentials(error):
+                        raise ValueError(REFUSED_CREDENTIALS) from None
+                    cause = error.__cause__ or error
+                    raise ValueError(f"no node of the Redis Cluster answers ({cause})") from None
+            else:
+                options: dict[str, Any] = {}
+                if url.startswith("redis://"):  # TLS and Unix sockets keep their own classes
+                    options["connection_class"] = _connection_class()
+                client = redis.Redis.from_url(url, health_check_interval=30, **common, **options)
         # redis-py's own annotations cover bytes and str replies alike; with
         # decode_responses every reply here is str, so the client is kept untyped.
         self.client: Any = client
+        from redis.cluster import RedisCluster
         from redis.exceptions import ResponseError
 
+        self.cluster = isinstance(client, RedisCluster)
+        self.min_replicas, self.wait_ms = min_replicas, wait_ms
         self._outages = _outages()
         self._error_reply = ResponseError
-        self._append_sha = client.register_script(APPEND_SCRIPT).sha
+        self._append_script = client.register_script(APPEND_SCRIPT)
+        self._append_sha = self._append_script.sha
         self._add_user_script = client.register_script(ADD_USER_SCRIPT)
         self._delete_script = client.register_script(DELETE_SCRIPT)
         self._connections = Connections.of(client)
         # Newest stream id this process has seen per watched room.
         self._watched: dict[str, str] = {}
+        self._shards = ShardWatch(client) if self.cluster else None
 
     def _call(self, action: Callable[[], T]) -> T:
         try:
             return action()
         except self._outages as exc:
+            _check_auth(exc)
+            self._refresh_topology()
             raise StoreUnavailable() from exc
         except self._error_reply as exc:
+            _check_auth(exc)
             if _refuses_writes(exc):
                 raise StoreUnavailable() from exc
             raise
+
+    def _refresh_topology(self) -> None:
+        """After an error on a cluster, learn again which node owns which slot:
+        a master may have failed over, or a slot moved."""
+        if self.cluster:
+            with contextlib.suppress(Exception):  # no node answers: the next command tries again
+                self.client.nodes_manager.initialize()
+
+    def _write(self, key: str, action: Callable[[Any], T]) -> T:
+        """Run `action` on a client for the node holding `key` and, when
+        `min_replicas` asks, confirm with `WAIT` on the same connection (WAIT
+        counts the writes of its own connection) that enough replicas hold it.
+        Every write of what must outlive a master goes through here."""
+        if self.min_replicas <= 0:
+            return self._call(lambda: action(self.client))
+
+        def write_and_wait() -> T:
+            import redis
+
+            if self.cluster:  # the node's own client: WAIT goes where the write went
+                pool = self.client.get_node_from_key(key).redis_connection.connection_pool
+            else:
+                pool = self.client.connection_pool
+            pinned: Any = redis.Redis(connection_pool=pool, single_connection_client=True)
+            try:
+                result = action(pinned)
+                acknowledged = int(pinned.execute_command("WAIT", self.min_replicas, self.wait_ms))
+            finally:
+                pinned.close()
+            if acknowledged < self.min_replicas:
+                raise StoreUnavailable(
+                    "The chat store could not copy this to enough replicas in time."
+                    " Please try again shortly."
+                )
+            return result
+
+        return self._call(write_and_wait)
+
+    def _announce(self, roomid: str) -> None:
+        """Tell the watchers of a cluster that the room's stream has a new entry."""
+        if self.cluster:
+            channel = _key(roomid, "changed")
+            node = self.client.get_node_from_key(channel)
+            self._call(
+                lambda: self.client.execute_command("SPUBLISH", channel, "1", target_nodes=node)
+            )
 
     def _command(self, *args: str | int) -> Any:
         """One command of the hot paths (polls, posts, history), on `Connections`
@@ -308,16 +646,21 @@ class RedisBackend:
         return self._call(lambda: connections.command(*args))
 
     def create_room(self, roomid: str, alias: str, owner_digest: str = "") -> bool:
-        def create() -> bool:
-            if self.client.sismember(REMOVED, roomid):
+        """Three writes, in two slots on a cluster: each is waited for on its node."""
+        room, rooms = _key(roomid, "room"), f"{PREFIX}:rooms"
+        if self._call(lambda: self.client.sismember(REMOVED, roomid)):
+            return False
+
+        def claim(db: Any) -> bool:
+            if not db.hsetnx(room, "alias", alias):
                 return False
-            if not self.client.hsetnx(_key(roomid, "room"), "alias", alias):
-                return False
-            self.client.hset(_key(roomid, "room"), mapping={"owner": owner_digest})
-            self.client.sadd(f"{PREFIX}:rooms", roomid)
+            db.hset(room, mapping={"owner": owner_digest})
             return True
 
-        return self._call(create)
+        if not self._write(room, claim):
+            return False
+        self._write(rooms, lambda db: db.sadd(rooms, roomid))
+        return True
 
     def room_settings(self, roomid: str) -> RoomSettings:
         def read() -> RoomSettings:
@@ -350,13 +693,14 @@ class RedisBackend:
         if not isinstance(retention_days, Unset):
             changes["retention"] = "" if retention_days is None else str(retention_days)
         if changes:
-            self._call(lambda: self.client.hset(_key(roomid, "room"), mapping=changes))
+            room = _key(roomid, "room")
+            self._write(room, lambda db: db.hset(room, mapping=changes))
 
     def set_ban(self, roomid: str, key: str, username: str | None) -> bool:
         bans = _key(roomid, "bans")
         if username is None:
-            return bool(self._call(lambda: self.client.hdel(bans, key)))
-        return bool(self._call(lambda: self.client.hsetnx(bans, key, username)))
+            return bool(self._write(bans, lambda db: db.hdel(bans, key)))
+        return bool(self._write(bans, lambda db: db.hsetnx(bans, key, username)))
 
     def room_alias(self, roomid: str) -> str | None:
         alias: str | None = self._call(lambda: self.client.hget(_key(roomid, "room"), "alias"))
@@ -365,7 +709,9 @@ class RedisBackend:
     def add_user(self, roomid: str, key: str, user: UserRecord, max_users: int) -> AddedUser:
         record = json.dumps({"username": user.username, "password_hash": user.password_hash})
         keys = [_key(roomid, "users")]
-        outcome = self._call(lambda: self._add_user_script(keys, [key, record, max_users]))
+        outcome = self._write(
+            keys[0], lambda db: self._add_user_script(keys, [key, record, max_users], client=db)
+        )
         return AddedUser(outcome)
 
     def get_user(self, roomid: str, key: str) -> UserRecord | None:
@@ -381,22 +727,24 @@ class RedisBackend:
     def add_token(self, roomid: str, key: str, digest: str, keep: int) -> None:
         tokens = _key(roomid, "tokens", key)
 
-        def add() -> None:
-            pipe = self.client.pipeline()
+        def add(db: Any) -> None:
+            pipe = db.pipeline()
             pipe.zadd(tokens, {digest: time.time()})
             pipe.zremrangebyrank(tokens, 0, -keep - 1)
             pipe.execute()
 
-        self._call(add)
+        self._write(tokens, add)
 
     def token_digests(self, roomid: str, key: str) -> list[str]:
         return list(self._command("ZRANGE", _key(roomid, "tokens", key), 0, -1))
 
     def remove_tokens(self, roomid: str, key: str) -> None:
-        self._call(lambda: self.client.delete(_key(roomid, "tokens", key)))
+        tokens = _key(roomid, "tokens", key)
+        self._write(tokens, lambda db: db.delete(tokens))
 
     def remove_token(self, roomid: str, key: str, digest: str) -> bool:
-        return bool(self._call(lambda: self.client.zrem(_key(roomid, "tokens", key), digest)))
+        tokens = _key(roomid, "tokens", key)
+        return bool(self._write(tokens, lambda db: db.zrem(tokens, digest)))
 
     def append_message(
         self,
@@ -409,7 +757,13 @@ class RedisBackend:
     ) -> tuple[StoredMessage, bool]:
         field = "" if client_id is None else f"{key} {client_id}"
         keys = [_key(roomid, "messages"), _key(roomid, "client_ids")]
-        created, entry_id, stamp = self._run_append(keys, [field, username, text])
+        if self.min_replicas > 0:
+            args = [field, username, text]
+            reply = self._write(keys[0], lambda db: self._append_script(keys, args, client=db))
+        else:
+            reply = self._run_append(keys, [field, username, text])
+        created, entry_id, stamp = reply
+        self._announce(roomid)  # a retry too: the first one may not have got this far
         if created:
             written = EPOCH + int(stamp) * MICROSECOND
             return StoredMessage(str(entry_id), written, username, text), True
@@ -430,7 +784,9 @@ class RedisBackend:
         fields = {"k": kind, "u": username, "t": "", "us": _now_us()}
         if target is not None:
             fields["d"] = target
-        entry_id = self._call(lambda: self.client.xadd(_key(roomid, "messages"), fields))
+        messages = _key(roomid, "messages")
+        entry_id = self._write(messages, lambda db: db.xadd(messages, fields))
+        self._announce(roomid)
         return _message(str(entry_id), fields)
 
     def message_author(self, roomid: str, message_id: str) -> str | None:
@@ -444,9 +800,10 @@ class RedisBackend:
     def delete_message(self, roomid: str, message_id: str) -> StoredMessage | None:
         wanted = parse_stream_id(message_id)
         keys = [_key(roomid, "messages")]
-        done = self._call(lambda: self._delete_script(keys, [wanted]))
+        done = self._write(keys[0], lambda db: self._delete_script(keys, [wanted], client=db))
         if not done:
             return None
+        self._announce(roomid)
         entry_id, stamp = done
         return StoredMessage(
             str(entry_id), EPOCH + int(stamp) * MICROSECOND, "", "", DELETE, wanted
@@ -465,7 +822,7 @@ class RedisBackend:
                 break
         for start in range(0, len(old), 500):
             ids = [m.id for m in old[start : start + 500]]
-            self._call(lambda ids=ids: self.client.xdel(messages, *ids))  # type: ignore[misc]
+            self._write(messages, lambda db, ids=ids: db.xdel(messages, *ids))  # type: ignore[misc]
         if old:
             self.append_event(roomid, TRIM)
         return sum(m.kind == "message" for m in old)
@@ -526,6 +883,8 @@ class RedisBackend:
         """A blocking XREAD over the watched rooms' streams, from the newest id this
         process has seen in each; a room watched for the first time counts as
         changed. Only the watcher thread calls it."""
+        if self._shards is not None:
+            return self._shards.wait(roomids, timeout)
         for roomid in set(self._watched) - set(roomids):
             del self._watched[roomid]
         fresh = {roomid for roomid in roomids if roomid not in self._watched}
@@ -620,34 +979,40 @@ class RedisBackend:
         return dump
 
     def delete_room(self, roomid: str) -> None:
-        def delete() -> None:
-            keys = list(self.client.scan_iter(match=_key(roomid, "*")))
-            pipe = self.client.pipeline()
-            if keys:
-                pipe.delete(*keys)
-            pipe.srem(f"{PREFIX}:rooms", roomid)
-            pipe.execute()
+        """A room's keys share one slot: on a cluster, only its node is scanned."""
+        pattern, rooms = _key(roomid, "*"), f"{PREFIX}:rooms"
 
-        self._call(delete)
+        def delete(db: Any) -> None:
+            if self.cluster and db is self.client:  # the owning node's own client
+                db = self.client.get_node_from_key(_key(roomid, "room")).redis_connection
+            keys = list(db.scan_iter(match=pattern))
+            if keys:
+                db.delete(*keys)
+
+        self._write(_key(roomid, "room"), delete)
+        self._write(rooms, lambda db: db.srem(rooms, roomid))
 
     def remove_room(self, roomid: str) -> None:
         """Everything goes; the log is left holding a "gone" event for the
         listeners of other servers, and expires a minute later."""
         self.delete_room(roomid)
         messages = _key(roomid, "messages")
+        self._write(REMOVED, lambda db: db.sadd(REMOVED, roomid))
 
-        def leave_word() -> None:
-            pipe = self.client.pipeline()
-            pipe.sadd(REMOVED, roomid)
+        def leave_word(db: Any) -> None:
+            pipe = db.pipeline()
             pipe.xadd(messages, {"k": GONE, "u": "", "t": "", "us": _now_us()})
             pipe.pexpire(messages, GONE_KEPT_MS)
             pipe.execute()
 
-        self._call(leave_word)
+        self._write(messages, leave_word)
+        self._announce(roomid)
 
     def restore_room(self, dump: RoomDump) -> None:
-        def restore() -> None:
-            pipe = self.client.pipeline(transaction=False)
+        rooms = f"{PREFIX}:rooms"
+
+        def restore(db: Any) -> None:
+            pipe = db.pipeline(transaction=False)
             settings = dump.settings
             pipe.hset(
                 _key(dump.roomid, "room"),
@@ -660,7 +1025,6 @@ class RedisBackend:
             )
             if settings.banned:
                 pipe.hset(_key(dump.roomid, "bans"), mapping=settings.banned)
-            pipe.sadd(f"{PREFIX}:rooms", dump.roomid)
             for key, user in dump.users.items():
                 record = {"username": user.username, "password_hash": user.password_hash}
                 pipe.hset(_key(dump.roomid, "users"), key, json.dumps(record))
@@ -676,7 +1040,8 @@ class RedisBackend:
                 pipe.xadd(_key(dump.roomid, "messages"), fields)
             pipe.execute()
 
-        self._call(restore)
+        self._write(_key(dump.roomid, "room"), restore)
+        self._write(rooms, lambda db: db.sadd(rooms, dump.roomid))
 
     def ping(self) -> None:
         """A write with a short expiry, not a PING: a server that answers but
@@ -686,4 +1051,6 @@ class RedisBackend:
     def close(self) -> None:
         if self._connections is not None:
             self._connections.close()
+        if self._shards is not None:
+            self._shards.close()
         self.client.close()

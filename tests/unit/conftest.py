@@ -11,7 +11,7 @@ from flaskchat import RoomStore
 
 from support import backend_url
 
-BACKENDS = ["memory", "sqlite", "redis"]
+BACKENDS = ["memory", "sqlite", "redis", "cluster"]
 
 
 @pytest.fixture(params=BACKENDS)
