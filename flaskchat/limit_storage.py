@@ -22,6 +22,8 @@ from limits.errors import ConfigurationError
 from limits.storage import MemoryStorage, MovingWindowSupport, RedisStorage, Storage
 from limits.strategies import MovingWindowRateLimiter, RateLimiter
 
+from .backends.sqlite import begin_immediate
+
 SCHEME = "flaskchat+sqlite"
 # How long a writer waits for the other processes before the hit fails (and,
 # with RATELIMIT_SWALLOW_ERRORS, the request is served unlimited).
@@ -108,18 +110,7 @@ class SqliteStorage(Storage, MovingWindowSupport):
 
     @staticmethod
     def _begin(conn: sqlite3.Connection) -> None:
-        """Take the write lock, waiting for other processes in short sleeps of our own."""
-        deadline = time.monotonic() + BUSY_TIMEOUT
-        pause = 0.0002
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-            time.sleep(pause)
-            pause = min(pause * 2, 0.005)
+        begin_immediate(conn, BUSY_TIMEOUT)
 
     @contextmanager
     def _write(self) -> Iterator[tuple[sqlite3.Connection, float]]:

@@ -192,6 +192,23 @@ def _close(conn: sqlite3.Connection) -> None:
         conn.close()
 
 
+def begin_immediate(conn: sqlite3.Connection, timeout: float) -> None:
+    """Take the write lock, waiting for other processes with short sleeps of our
+    own: SQLite's busy handler would sleep in steps of up to 100 ms, and under
+    gevent it would stall every connection of the worker while it sleeps."""
+    deadline = time.monotonic() + timeout
+    pause = 0.0002
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.005)
+
+
 def _to_us(moment: datetime) -> int:
     return (moment - EPOCH) // MICROSECOND
 
@@ -412,20 +429,7 @@ class SqliteBackend:
 
     @staticmethod
     def _begin(conn: sqlite3.Connection) -> None:
-        """Take the write lock, waiting for other processes with short sleeps of our
-        own: SQLite's busy handler would sleep in steps of up to 100 ms, and under
-        gevent it would stall every connection of the worker while it sleeps."""
-        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-        pause = 0.0002
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-            time.sleep(pause)
-            pause = min(pause * 2, 0.005)
+        begin_immediate(conn, BUSY_TIMEOUT_MS / 1000)
 
     def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         """Reads have a connection of their own: under WAL it sees every committed
