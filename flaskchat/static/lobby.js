@@ -25,9 +25,14 @@ function showCreated(roomid, name, key) {
   $("open-room").href = url;
   $("copy-status").textContent = "";
   $("created").hidden = false;
-  $("created-heading").focus();
+  // The keyboard goes on to what the person needs next: keeping the room link.
+  $("copy-room-link").focus();
   showRememberedRooms();
 }
+
+// An old complaint goes as soon as the name is edited, or when the browser's own
+// check stops the next try before any of this script runs.
+for (const type of ["input", "invalid"]) form.addEventListener(type, () => (status.textContent = ""), true);
 
 form.addEventListener("submit", async (event) => {
   event.preventDefault();

@@ -180,14 +180,14 @@ def test_the_owner_deletes_and_bans_and_members_see_it_live(
     # mistake the old ban (replayed from the room's log) for a new one.
     alice.page.get_by_role("button", name="Unban Bob").click()
     expect(alice.page.get_by_text("Nobody has been removed.")).to_be_visible()
-    expect(bob.page.get_by_role("alert")).to_have_text(re.compile("let you back in"))
+    expect(bob.page.get_by_text(re.compile("let you back in"))).to_be_visible()  # good news
     log_in(bob.page, "Bob")
     bob.page.reload()
     expect(bob.page.get_by_role("status")).to_have_text("Live")
     say(bob.page, "sorry")
     expect(shown_texts(carol.page)).to_have_text(["hello all", "sorry"])
     expect(bob.page.get_by_text("Logged in as")).to_be_visible()
-    expect(bob.page.get_by_role("alert")).not_to_have_text(REMOVED)
+    expect(bob.page.get_by_text(REMOVED)).to_have_count(0)
     assert alice.errors == [] and bob.errors == [] and carol.errors == []
 
 
@@ -223,7 +223,7 @@ def test_settings_close_registration_and_set_retention(
     panel.get_by_label("Closed: members only").check()
     panel.get_by_label("Delete messages older than (days)").fill("30")
     panel.get_by_role("button", name="Save settings").click()
-    expect(owner.page.get_by_role("alert")).to_have_text("Settings saved.")
+    expect(panel.get_by_text("Settings saved.")).to_be_visible()
     assert api(site, f"{roomid}/settings") == {"registration": "closed", "retention_days": 30}
 
     newcomer.page.goto(room)
@@ -239,7 +239,7 @@ def test_settings_close_registration_and_set_retention(
     panel.get_by_label("Open: anyone with the link can join").check()
     panel.get_by_label("Delete messages older than (days)").fill("")
     panel.get_by_role("button", name="Save settings").click()
-    expect(owner.page.get_by_role("alert")).to_have_text("Settings saved.")
+    expect(panel.get_by_text("Settings saved.")).to_be_visible()
     assert api(site, f"{roomid}/settings") == {"registration": "open", "retention_days": None}
     assert owner.errors == [] and newcomer.errors == []
 
