@@ -33,6 +33,10 @@ With `min_replicas` above 0, every write that must survive the loss of a master
 is followed by `WAIT` on the same connection, and answers `StoreUnavailable` (503)
 unless enough replicas confirm it in `wait_ms`. Tickets, presence and the health
 key are not waited for: they live seconds and are made again.
+
+Bench-only knob: `FLASKCHAT_REDIS_DIRECT=0` in the environment when the backend
+is made sends the hot commands through redis-py's pool instead of `Connections`,
+so that `make bench` can compare them.
 """
 
 from __future__ import annotations
@@ -571,7 +575,8 @@ class RedisBackend:
         self._append_sha = self._append_script.sha
         self._add_user_script = client.register_script(ADD_USER_SCRIPT)
         self._delete_script = client.register_script(DELETE_SCRIPT)
-        self._connections = Connections.of(client)
+        direct = os.environ.get("FLASKCHAT_REDIS_DIRECT", "1") != "0"
+        self._connections = Connections.of(client) if direct else None
         # Newest stream id this process has seen per watched room.
         self._watched: dict[str, str] = {}
         self._shards = ShardWatch(client) if self.cluster else None

@@ -3,8 +3,14 @@
 gunicorn with gevent workers runs the app on SQLite, then on Redis; `wrk` loads
 plain requests and a small asyncio client holds event streams. Every figure is
 the median of several rounds, with routes interleaved, and is divided by the
-floor (a no-op route on the same server) measured in the same round. Prints a
-Markdown table and writes JSON.
+floor (a no-op route on the same server) measured in the same round. Request
+figures are measured with one and with two workers (`--workers`). Prints a
+Markdown table of figures, then the issue's targets with their status, and
+writes JSON.
+
+`FLASKCHAT_SQLITE_WAL_SHORTCUT=0` or `FLASKCHAT_REDIS_DIRECT=0` in the
+environment reach the servers and measure the backends' plain ways (see the
+backends' docstrings).
 """
 
 from __future__ import annotations
@@ -313,7 +319,12 @@ def many_rooms(store: RoomStore, count: int) -> None:
 
 
 def run_store(
-    kind: str, store_url: str, rounds: int, seconds: int, parts: set[str]
+    kind: str,
+    store_url: str,
+    rounds: int,
+    seconds: int,
+    parts: set[str],
+    workers: list[int] | None = None,
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     store = RoomStore.from_url(store_url, hash_method=CHEAP)
@@ -323,7 +334,11 @@ def run_store(
     middle = store.messages(small["roomid"], limit=60).messages[0].id
 
     if "requests" in parts:
-        results["requests"] = request_figures(store_url, store, small, middle, rounds, seconds)
+        # By worker count; JSON keys are strings.
+        results["requests"] = {
+            str(count): request_figures(store_url, store, small, middle, rounds, seconds, count)
+            for count in workers or [1, 2]
+        }
     if kind == "sqlite" and "streams" in parts:
         results.update(stream_figures(store_url, store))
     if "growth" in parts:
@@ -341,12 +356,13 @@ def request_figures(
     middle: str,
     rounds: int,
     seconds: int,
+    workers: int = 1,
 ) -> dict[str, dict[str, float]]:
     # Posts go to a room of their own: in the read room they would change the
     # conversation, so that the 304 route answered 200 from the second round on,
     # and the growth part's room of 10^2 messages would hold thousands.
     posts = make_room(store, "posts")
-    with gunicorn(store_url, workers=1) as service:
+    with gunicorn(store_url, workers=workers) as service:
         conversation = f"{service.url}/{small['roomid']}/get_conversation"
         etag = urllib.request.urlopen(conversation).headers["ETag"]
         routes = {
@@ -464,9 +480,8 @@ def growth_figures(
 def table(results: dict[str, Any]) -> str:
     rows = ["| store | figure | value | ratio / target |", "|---|---|---|---|"]
     for kind, figures in results.items():
-        req = figures.get("requests")
-        if req:
-            rows += request_rows(kind, req)
+        for workers, req in figures.get("requests", {}).items():
+            rows += request_rows(kind, int(workers), req)
         growth = figures.get("growth")
         if growth:
             rows += growth_rows(kind, growth)
@@ -480,16 +495,17 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def request_rows(kind: str, req: dict[str, dict[str, float]]) -> list[str]:
+def request_rows(kind: str, workers: int, req: dict[str, dict[str, float]]) -> list[str]:
     floor = req["floor"]
+    on = f"{workers} worker{'s' if workers > 1 else ''}"
     rows = [
-        f"| {kind} | floor (no-op route) | {floor['rps']:.0f} req/s, "
+        f"| {kind} | floor (no-op route), {on} | {floor['rps']:.0f} req/s, "
         f"p50 {floor['p50_ms']:.1f} ms, p99 {floor['p99_ms']:.1f} ms | 1.00 |"
     ]
     for name in ("get_conversation", "get_conversation_304", "messages_before", "message_post"):
         r = req[name]
         rows.append(
-            f"| {kind} | {name} | {r['rps']:.0f} req/s, p50 {r['p50_ms']:.1f} ms, "
+            f"| {kind} | {name}, {on} | {r['rps']:.0f} req/s, p50 {r['p50_ms']:.1f} ms, "
             f"p99 {r['p99_ms']:.1f} ms | {r['ratio']:.2f} × floor |"
         )
     return rows
@@ -534,6 +550,61 @@ def stream_rows(kind: str, figures: dict[str, Any]) -> list[str]:
     return rows
 
 
+NOT_MEASURED = "not measured"
+
+
+def target_rows(results: dict[str, Any]) -> str:
+    """The issue's targets, each with what this run measured and whether it is
+    met. A target the run did not (or the bench cannot yet) measure says so."""
+    sqlite = results.get("sqlite", {})
+    fan_out = sqlite.get("fan_out", {}).get(5000)
+    post = sqlite.get("requests", {}).get("2", {}).get("message_post")
+
+    def status(value: float | None, goal: float, at_most: bool, shown: str) -> list[str]:
+        if value is None:
+            return [NOT_MEASURED, NOT_MEASURED]
+        met = value <= goal if at_most else value >= goal
+        return [shown, "met" if met else "**missed**"]
+
+    targets = [
+        ["fan-out CPU per delivered message", "≤ 15 µs", NOT_MEASURED, NOT_MEASURED],
+        [
+            "memory per idle listener (RSS growth at 5,000 streams), SQLite",
+            "≤ 16 KiB",
+            *status(
+                None if fan_out is None else fan_out["kb_per_stream"],
+                16,
+                True,
+                "" if fan_out is None else f"{fan_out['kb_per_stream']:.1f} KiB",
+            ),
+        ],
+        [
+            "fan-out p99 to 5,000 listeners, one worker, SQLite",
+            "≤ 80 ms",
+            *status(
+                None if fan_out is None else fan_out["p99_ms"],
+                80,
+                True,
+                "" if fan_out is None else f"{fan_out['p99_ms']:.1f} ms",
+            ),
+        ],
+        [
+            "`message` POST, two workers, SQLite `synchronous=FULL`",
+            "≥ 0.50 × floor",
+            *status(
+                None if post is None else post["ratio"],
+                0.5,
+                False,
+                "" if post is None else f"{post['ratio']:.2f} × floor",
+            ),
+        ],
+        ["5,000 ticketed listeners connected", "within 10 s", NOT_MEASURED, NOT_MEASURED],
+    ]
+    rows = ["| target | goal | measured | status |", "|---|---|---|---|"]
+    rows += ["| " + " | ".join(row) + " |" for row in targets]
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
@@ -543,8 +614,12 @@ def main() -> None:
     parser.add_argument(
         "--parts", default="requests,streams,growth,idle", help="which figures to measure"
     )
+    parser.add_argument(
+        "--workers", default="1,2", help="gunicorn worker counts for the request figures"
+    )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
+    workers = [int(count) for count in args.workers.split(",")]
     for tool in ("wrk", "redis-server"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is needed: apt-get install wrk redis-server")
@@ -555,7 +630,12 @@ def main() -> None:
         for kind in args.stores.split(","):
             if kind == "sqlite":
                 results[kind] = run_store(
-                    kind, f"sqlite:///{work}/bench.sqlite3", args.rounds, args.seconds, parts
+                    kind,
+                    f"sqlite:///{work}/bench.sqlite3",
+                    args.rounds,
+                    args.seconds,
+                    parts,
+                    workers,
                 )
             else:
                 directory = Path(work) / "redis"
@@ -565,12 +645,14 @@ def main() -> None:
                 redis.start()
                 try:
                     results[kind] = run_store(
-                        kind, redis.redis_url, args.rounds, args.seconds, parts
+                        kind, redis.redis_url, args.rounds, args.seconds, parts, workers
                     )
                 finally:
                     redis.stop()
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(table(results))
+    print()
+    print(target_rows(results))
 
 
 if __name__ == "__main__":

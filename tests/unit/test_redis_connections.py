@@ -160,3 +160,28 @@ def test_other_clients_go_through_redis_py(redis_url: str) -> None:
     finally:
         backend.close()
         pool.disconnect()  # a pool handed over is the caller's to close
+
+
+def test_the_pool_answers_as_connections_do(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bench's plain way (`FLASKCHAT_REDIS_DIRECT=0`): redis-py's pool for
+    every command, with the same answers."""
+    direct = RedisBackend(redis_url)
+    monkeypatch.setenv("FLASKCHAT_REDIS_DIRECT", "0")
+    pooled = RedisBackend(redis_url)
+    try:
+        assert direct._connections is not None and pooled._connections is None
+        roomid = new_roomid()
+        pooled.create_room(roomid, "pooled")
+        newest = post(pooled, roomid, "hi")
+        pooled.client.script_flush()  # loaded again through redis-py
+        newer = post(pooled, roomid, "again")
+        for backend in (direct, pooled):
+            assert backend.latest_message_id(roomid) == newer
+            assert [m.id for m in backend.messages_after(roomid, None, 5)] == [newest, newer]
+            assert [m.text for m in backend.recent_messages(roomid, 5)] == ["hi", "again"]
+            assert backend.message_author(roomid, newest) == "alice"
+    finally:
+        direct.close()
+        pooled.close()
