@@ -117,7 +117,8 @@ def room_log_id(app: Flask, roomid: str) -> str:
 
 
 class SafeRecords(logging.Filter):
-    """Makes every record of the app's logger one line that shows no room id: the
+    """Makes every record of the app's logger (and the rate limiter's) one line
+    that shows no room id: the
     request's path is shortened wherever the message quotes it (Flask's own
     "Exception on <path>" included), then non-printable characters are escaped.
     Tracebacks are left as they are."""
@@ -131,6 +132,10 @@ class SafeRecords(logging.Filter):
             ids: RoomLogIds | None = current_app.extensions.get(EXTENSION)
             raw = request.path
             message = message.replace(raw, loggable_path(raw, ids.short if ids else None))
+            # Elsewhere too: Flask-Limiter's line quotes its keys, which hold the room.
+            roomid = (request.view_args or {}).get("roomid")
+            if isinstance(roomid, str) and rules.looks_like_roomid(roomid):
+                message = message.replace(roomid, ids.short(roomid) if ids else UNKNOWN_ROOM)
         record.msg, record.args = escape(message), ()
         return True
 
@@ -145,6 +150,8 @@ def init_app(app: Flask) -> None:
     ids = RoomLogIds(log_key(app.config.get("SECRET_KEY"), app.instance_path))
     app.extensions[EXTENSION] = ids
     app.logger.addFilter(SAFE_RECORDS)
+    # The rate limiter logs each refusal (at INFO) with its key: room and name.
+    logging.getLogger("flask-limiter").addFilter(SAFE_RECORDS)
     inner = app.wsgi_app
 
     def tell_server(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:

@@ -175,3 +175,23 @@ def test_the_log_id_command(app: Flask, one: ChatActions) -> None:
     refused = runner.invoke(args=["room", "log-id", "not a room"])
     assert refused.exit_code != 0
     assert "not a room id" in refused.output
+
+
+def test_the_rate_limiters_refusals_name_no_room(
+    app: Flask, one: ChatActions, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Flask-Limiter logs each refusal with its key, which holds the room id."""
+    roomid = one.create_room()
+    one.register(roomid, "alice")
+    with caplog.at_level(logging.INFO, logger="flask-limiter"):
+        statuses = [
+            one.client.post(
+                f"/{roomid}/login", json={"username": "alice", "password": SECRET}
+            ).status_code
+            for _ in range(6)
+        ]
+    assert statuses[-1] == 429
+    refusals = [r.getMessage() for r in caplog.records if r.name == "flask-limiter"]
+    assert refusals, "the limiter logged no refusal"
+    assert all(roomid not in line for line in refusals), refusals
+    assert any(room_log_id(app, roomid) in line for line in refusals), refusals
