@@ -560,44 +560,42 @@ def target_rows(results: dict[str, Any]) -> str:
     fan_out = sqlite.get("fan_out", {}).get(5000)
     post = sqlite.get("requests", {}).get("2", {}).get("message_post")
 
-    def status(value: float | None, goal: float, at_most: bool, shown: str) -> list[str]:
-        if value is None:
-            return [NOT_MEASURED, NOT_MEASURED]
-        met = value <= goal if at_most else value >= goal
-        return [shown, "met" if met else "**missed**"]
+    def target(
+        what: str, goal: str, figure: dict[str, float] | None, key: str, limit: float, unit: str
+    ) -> list[str]:
+        """A row: `figure[key]` against `limit` (at most when `goal` says ≤)."""
+        if figure is None:
+            return [what, goal, NOT_MEASURED, NOT_MEASURED]
+        value = figure[key]
+        met = value <= limit if goal.startswith("≤") else value >= limit
+        return [what, goal, unit.format(value), "met" if met else "**missed**"]
 
     targets = [
         ["fan-out CPU per delivered message", "≤ 15 µs", NOT_MEASURED, NOT_MEASURED],
-        [
+        target(
             "memory per idle listener (RSS growth at 5,000 streams), SQLite",
             "≤ 16 KiB",
-            *status(
-                None if fan_out is None else fan_out["kb_per_stream"],
-                16,
-                True,
-                "" if fan_out is None else f"{fan_out['kb_per_stream']:.1f} KiB",
-            ),
-        ],
-        [
+            fan_out,
+            "kb_per_stream",
+            16,
+            "{:.1f} KiB",
+        ),
+        target(
             "fan-out p99 to 5,000 listeners, one worker, SQLite",
             "≤ 80 ms",
-            *status(
-                None if fan_out is None else fan_out["p99_ms"],
-                80,
-                True,
-                "" if fan_out is None else f"{fan_out['p99_ms']:.1f} ms",
-            ),
-        ],
-        [
+            fan_out,
+            "p99_ms",
+            80,
+            "{:.1f} ms",
+        ),
+        target(
             "`message` POST, two workers, SQLite `synchronous=FULL`",
             "≥ 0.50 × floor",
-            *status(
-                None if post is None else post["ratio"],
-                0.5,
-                False,
-                "" if post is None else f"{post['ratio']:.2f} × floor",
-            ),
-        ],
+            post,
+            "ratio",
+            0.5,
+            "{:.2f} × floor",
+        ),
         ["5,000 ticketed listeners connected", "within 10 s", NOT_MEASURED, NOT_MEASURED],
     ]
     rows = ["| target | goal | measured | status |", "|---|---|---|---|"]
