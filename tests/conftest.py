@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from flaskchat import RoomStore, create_app
 
 from actions import ChatActions
-from support import RedisClusterServer, RedisServer, close_app
+from support import RedisClusterServer, RedisServer, backend_url, close_app
 
 STORES = ["sqlite", "redis"]
 # Web test modules that also run on a Redis Cluster: the two-server tests of the
@@ -69,11 +69,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture
 def store_url(store_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if store_kind == "redis":
-        return str(request.getfixturevalue("redis_url"))
-    if store_kind == "cluster":
-        return str(request.getfixturevalue("redis_cluster_url"))
-    return f"sqlite:///{tmp_path / 'chat.sqlite3'}"
+    return backend_url(store_kind, request, tmp_path)
 
 
 @pytest.fixture

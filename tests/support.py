@@ -306,7 +306,7 @@ def close_app(app: Any) -> None:
 
 def backend_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A store URL for a backend kind: memory, a SQLite file in `tmp_path`, or an
-    emptied database of the session's redis-server."""
+    emptied database of the session's redis-server or Redis Cluster."""
     if kind == "redis":
         return str(request.getfixturevalue("redis_url"))
     if kind == "cluster":
