@@ -16,6 +16,7 @@ from .backends import open_backend
 from .backends.sqlite import SqliteBackend
 from .cli import room_cli, store_cli
 from .config_check import SettingError, check_settings, public_url
+from .fanout import Fanout
 from .settings import DEFAULTS
 from .store import RoomStore
 
@@ -37,6 +38,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     app.url_map.converters["roomid"] = rooms.RoomIdConverter
     app.extensions["flaskchat"] = open_store(app)
+    app.extensions["flaskchat_fanout"] = Fanout(app.extensions["flaskchat"], rooms.sse_record)
     web.install(app)
     metrics.init_app(app)
     app.register_blueprint(lobby.bp)

@@ -113,7 +113,7 @@ class RoomSignals:
                 self.notify(roomid)
 
 
-def _gevent_patched() -> bool:
+def gevent_patched() -> bool:
     monkey = sys.modules.get("gevent.monkey")
     return monkey is not None and bool(monkey.is_module_patched("threading"))
 
@@ -128,7 +128,7 @@ def system_poll() -> Callable[[], Any]:
 
 
 # What a poll reports once the other end has hung up (or the socket broke).
-_HUNG_UP = select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POLLRDHUP", 0)
+HUNG_UP = select.POLLHUP | select.POLLERR | select.POLLNVAL | getattr(select, "POLLRDHUP", 0)
 
 
 def hung_up(connection: socket.socket) -> Callable[[], bool]:
@@ -144,11 +144,11 @@ def hung_up(connection: socket.socket) -> Callable[[], bool]:
 
     def check() -> bool:
         poller = poll()
-        poller.register(fd, select.POLLIN | _HUNG_UP)
+        poller.register(fd, select.POLLIN | HUNG_UP)
         ready = poller.poll(0)
         if not ready:
             return False
-        if ready[0][1] & _HUNG_UP:
+        if ready[0][1] & HUNG_UP:
             return True
         try:  # readable: the end of the stream, or bytes a client sent early
             return connection.recv(1, socket.MSG_PEEK) == b""
@@ -171,7 +171,7 @@ class ThreadCalls:
         self._pid = 0
 
     def run(self, function: Callable[..., T], *args: object) -> T:
-        if not _gevent_patched():
+        if not gevent_patched():
             return function(*args)
         if self._pool is None or self._pid != os.getpid():
             from gevent.threadpool import ThreadPool

@@ -27,10 +27,19 @@ from . import rules
 from .backends.base import UNSET
 from .cache import BoundedCache
 from .errors import AuthenticationFailed
+from .fanout import Fanout, direct_socket
 from .limits import StreamCounter, client_ip
 from .live import hung_up
 from .logs import room_log_id
-from .store import Conversation, Message, OwnerSettings, Presence, RoomEvent, StreamItem
+from .store import (
+    Conversation,
+    Message,
+    OwnerSettings,
+    Presence,
+    PresenceChange,
+    RoomEvent,
+    StreamItem,
+)
 from .web import failure_shape, html_page, json_fields, json_object, store
 
 
@@ -183,16 +192,18 @@ def events(roomid: str) -> Response:
     """Server-Sent Events: missed messages from `Last-Event-ID` (or `?after=`) on,
     then live ones, with presence changes and keep-alive comments between."""
     after = request.headers.get("Last-Event-ID") or request.args.get("after")
-    items = store().follow(
-        roomid,
-        after=after,
-        ticket=request.args.get("ticket"),
-        keepalive=current_app.config["SSE_KEEPALIVE"],
-        closed=client_gone(),
-    )
+    start = store().start_stream(roomid, after=after, ticket=request.args.get("ticket"))
     streams: StreamCounter = current_app.extensions["flaskchat_streams"]
     release = streams.claim(client_ip(), int(current_app.config["MAX_STREAMS_PER_IP"]))
-    response = Response(sse_lines(items), mimetype="text/event-stream")
+    keepalive = float(current_app.config["SSE_KEEPALIVE"])
+    connection = direct_socket(request.environ)
+    body: Iterator[str] | Iterator[bytes]
+    if connection is not None:  # gunicorn's gevent worker: from the room's feed
+        fanout: Fanout = current_app.extensions["flaskchat_fanout"]
+        body = fanout.stream(start, connection, keepalive, request.environ["SERVER_PROTOCOL"])
+    else:
+        body = sse_lines(store().stream_items(start, keepalive, client_gone() or never))
+    response = Response(body, mimetype="text/event-stream")
     response.call_on_close(release)
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # tell nginx not to hold events back
@@ -207,19 +218,31 @@ def client_gone() -> Callable[[], bool] | None:
     return None if connection is None else hung_up(connection)
 
 
+def never() -> bool:
+    return False
+
+
 def sse_lines(items: Iterator[StreamItem]) -> Iterator[str]:
     """Encode stream items as SSE records. The retry hint comes first, with the
     opening presence, so a client sees bytes at once."""
     yield "retry: 2000\n"
-    for item in items:
-        if item is None:
-            yield ": keep-alive\n\n"
-        elif isinstance(item, Presence):
-            yield f"event: presence\ndata: {json.dumps({'online': item.online})}\n\n"
-        elif isinstance(item, RoomEvent):
-            yield room_event(item)
-        else:
-            yield message_event(item)
+    yield from map(sse_record, items)
+
+
+def sse_record(item: StreamItem) -> str:
+    """One stream item as an SSE record: the whole presence list (the first
+    record of a stream), a change to it, a message, a moderation event, or a
+    keep-alive comment."""
+    if item is None:
+        return ": keep-alive\n\n"
+    if isinstance(item, Presence):
+        return f"event: presence\ndata: {json.dumps({'online': item.online})}\n\n"
+    if isinstance(item, PresenceChange):
+        data = json.dumps({"joined": item.joined, "left": item.left})
+        return f"event: presence-change\ndata: {data}\n\n"
+    if isinstance(item, RoomEvent):
+        return room_event(item)
+    return message_event(item)
 
 
 def room_event(event: RoomEvent) -> str:

@@ -8,7 +8,6 @@ before anything reaches a backend.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sys
 import time
@@ -20,7 +19,7 @@ from typing import Any
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from . import rules
+from . import presence, rules
 from .backends import Backend, StoredMessage, UserRecord, open_backend
 from .backends.base import BAN, DELETE, GONE, UNBAN, UNSET, AddedUser, RoomSettings, Unset
 from .cache import BoundedCache, size_of_strings
@@ -36,6 +35,9 @@ from .errors import (
     UsernameTaken,
 )
 from .live import RoomSignals, run_cpu_bound
+from .presence import Presence as Presence
+from .presence import PresenceBook
+from .presence import PresenceChange as PresenceChange
 
 BAD_LOGIN = "Unknown username or wrong password."
 NOT_LOGGED_IN = "You are not logged in (or your session has ended). Please log in again."
@@ -46,14 +48,6 @@ CLOSED = "This room is closed to new members."
 
 # A stream ticket lets one event stream say who is listening, once, for a minute.
 TICKET_LIFETIME = 60.0
-# A listener stays "online" this long after its stream closes, so a reconnect
-# does not flap; an open stream renews its presence well before it lapses.
-PRESENCE_GRACE = 10.0
-PRESENCE_LIFETIME = 45.0
-PRESENCE_RENEW = 15.0
-# How often an open stream looks at the presence list, which can also change by
-# expiry or through another process.
-PRESENCE_CHECK = 2.0
 # Missed messages are replayed in batches of this many.
 REPLAY_BATCH = 200
 PAGE_MAX = 200
@@ -63,9 +57,7 @@ MIB = 1024 * 1024
 FORMATTED_BYTES = 16 * MIB  # formatted messages
 CONVERSATION_BYTES = 16 * MIB  # the latest conversation of each room
 SHARED_READ_BYTES = 16 * MIB  # the latest read of each room's listeners
-SMALL_CACHE_BYTES = 2 * MIB  # each of: aliases, display names, online lists
-# How long a room's online list is reused by the streams of this process.
-ONLINE_CACHE_AGE = 0.5
+SMALL_CACHE_BYTES = 2 * MIB  # each of: aliases, display names
 # How long a room known to exist is believed to, in each process: a room removed
 # through another process or server is 404 here within this time.
 ROOM_CHECK_AGE = 1.0
@@ -108,13 +100,6 @@ class Conversation:
 
 
 @dataclass(frozen=True, slots=True)
-class Presence:
-    """Who has an open event stream in the room right now."""
-
-    online: list[str]
-
-
-@dataclass(frozen=True, slots=True)
 class RoomEvent:
     """A moderation event on a stream: "delete" (`subject`: the id of the message
     removed), "ban" or "unban" (`subject`: the name), or "gone" (the room was
@@ -125,9 +110,28 @@ class RoomEvent:
     subject: str
 
 
-# What an event stream yields: a message, a presence change, a moderation event,
-# or None when it is time for a keep-alive.
-StreamItem = Message | Presence | RoomEvent | None
+# What an event stream yields: a message, the presence list or a change to it, a
+# moderation event, or None when it is time for a keep-alive.
+StreamItem = Message | Presence | PresenceChange | RoomEvent | None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStart:
+    """An event stream that passed its checks: where it starts reading, and who
+    listens (None: anonymous; `session` is the digest of the login's token)."""
+
+    roomid: str
+    cursor: str | None
+    username: str | None
+    session: str
+
+
+@dataclass(slots=True)
+class PresentStream:
+    """A stream counted in the room's presence while it is open."""
+
+    stream: str
+    room_gone: bool = False  # the room was deleted: nothing to be present in
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,11 +218,12 @@ class RoomStore:
         # Logging in again past this many devices logs the oldest one out.
         self.max_tokens_per_user = max_tokens_per_user
         self.signals = RoomSignals(backend)
+        self.presence = PresenceBook(backend, self.signals.notify)
         # Caches, each bounded in bytes. Rooms are never deleted and their alias
         # never changes, so a room seen once can be answered from memory; nor do
         # messages and display names change once written. A conversation is
         # kept with the newest id it was read at, the listeners' shared read
-        # with its cursor and generation, an online list for a moment.
+        # with its cursor and generation.
         self._aliases = BoundedCache[str, tuple[str, float]](
             SMALL_CACHE_BYTES, lambda entry: sys.getsizeof(entry[0])
         )
@@ -230,9 +235,6 @@ class RoomStore:
         )
         self._wakeups = BoundedCache[str, SharedRead](
             SHARED_READ_BYTES, lambda shared: sum(map(_stored_size, shared.batch))
-        )
-        self._online_cache = BoundedCache[str, tuple[float, list[str]]](
-            SMALL_CACHE_BYTES, lambda entry: size_of_strings(entry[1])
         )
 
     @classmethod
@@ -343,7 +345,7 @@ class RoomStore:
         self.backend.remove_tokens(roomid, key)
         self.backend.end_presence_of(roomid, user.username)
         self.backend.append_event(roomid, BAN, user.username)
-        self._online_cache.pop(roomid)
+        self.presence.drop_name(roomid, user.username)
         self.signals.notify(roomid)
 
     def unban(self, roomid: str, owner_key: str, username: str) -> None:
@@ -515,7 +517,7 @@ class RoomStore:
         session = rules.token_digest(token)
         self.backend.remove_token(roomid, key, session)
         self.backend.end_presence(roomid, session)
-        self._online_cache.pop(roomid)
+        self.presence.drop_session(roomid, session)
         self.signals.notify(roomid)  # this process's listeners look at once
 
     def _session_live(self, roomid: str, username: str, session: str) -> bool:
@@ -642,15 +644,11 @@ class RoomStore:
         return taken
 
     def online(self, roomid: str) -> list[str]:
-        """Names with an open event stream (or one closed within the grace period).
-        Cached for a second per process: every stream of a room asks."""
-        now = time.monotonic()
-        cached = self._online_cache.get(roomid)
-        if cached is not None and cached[0] > now:
-            return list(cached[1])
-        names = self.backend.online(roomid, time.time())
-        self._online_cache.put(roomid, (now + ONLINE_CACHE_AGE, names))
-        return names
+        """Names with an open event stream (or one closed within the grace period),
+        as this process last read them (at most `PRESENCE_CHECK` seconds ago
+        while the room has listeners here)."""
+        self.alias(roomid)
+        return list(self.presence.current(roomid)[1])
 
     def follow(
         self,
@@ -664,15 +662,28 @@ class RoomStore:
     ) -> Iterator[StreamItem]:
         """An endless stream for one listener: first a `Presence`, then every
         message after id `after` (from storage, in order, none twice), then new
-        ones as they come; None whenever `keepalive` seconds passed in silence.
-        With a `ticket` (or, from a script, a `username`), the listener counts as
-        present while the stream is open and its login holds. `closed` is asked
-        at every wake-up (at least every `PRESENCE_CHECK` seconds): once it says
-        the listener has gone, the stream ends.
+        ones as they come, with a `PresenceChange` whenever names come or go;
+        None whenever `keepalive` seconds passed in silence. With a `ticket`
+        (or, from a script, a `username`), the listener counts as present while
+        the stream is open and its login holds. `closed` is asked at every
+        wake-up (at least every `PRESENCE_CHECK` seconds): once it says the
+        listener has gone, the stream ends.
 
         Checks (unknown room, malformed `after`, a bad ticket) run now, before
         the first item.
         """
+        start = self.start_stream(roomid, after=after, ticket=ticket, username=username)
+        return self.stream_items(start, keepalive, closed or _never)
+
+    def start_stream(
+        self,
+        roomid: str,
+        *,
+        after: str | None = None,
+        ticket: str | None = None,
+        username: str | None = None,
+    ) -> StreamStart:
+        """Check a stream's request and use up its ticket; see `follow`."""
         self.alias(roomid)
         if after is not None:
             self.backend.messages_after(roomid, after, 0)
@@ -682,81 +693,85 @@ class RoomStore:
         # Fixed now, so that a client may catch up from history as soon as the
         # response begins: everything after this point comes on the stream.
         cursor = after if after is not None else self.backend.latest_message_id(roomid)
-        return self._follow(roomid, cursor, username, session, keepalive, closed or _never)
+        return StreamStart(roomid, cursor, username, session)
 
-    def _follow(
-        self,
-        roomid: str,
-        cursor: str | None,
-        username: str | None,
-        session: str,
-        keepalive: float,
-        closed: Callable[[], bool],
+    @contextlib.contextmanager
+    def present(self, start: StreamStart) -> Iterator[PresentStream]:
+        """Count a stream's listener as present while the block runs; afterwards
+        the name stays online for the grace period if its login still holds."""
+        roomid, username = start.roomid, start.username
+        present = PresentStream(rules.new_token())
+        self.presence.open(roomid)
+        try:
+            if username is not None:
+                self.presence.join(roomid, present.stream, username, start.session)
+            yield present
+        finally:
+            # Best effort: if the store is down, the presence lapses by itself.
+            with contextlib.suppress(StoreUnavailable):
+                if username is not None and not present.room_gone:
+                    live = self._session_live(roomid, username, start.session)
+                    self.presence.leave(roomid, present.stream, grace=live)
+            self.presence.close(roomid)
+
+    def read_after(
+        self, roomid: str, cursor: str | None, generation: int | None = None
+    ) -> tuple[list[StreamItem], str | None, bool]:
+        """The stream items after `cursor` (at most one batch), the new cursor, and
+        whether more may follow at once. Listeners woken together (same
+        `generation`) share one read; a "gone" event is always the last item."""
+        if generation is None:
+            batch = self.backend.events_after(roomid, cursor, REPLAY_BATCH)
+        else:
+            batch = self._messages_after(roomid, cursor, generation)
+        items: list[StreamItem] = []
+        for stored in batch:
+            cursor = stored.id
+            if stored.kind == "message":
+                items.append(self._message(stored))
+            elif stored.kind == GONE:
+                items.append(RoomEvent(stored.id, GONE, ""))
+                return items, cursor, False
+            elif stored.kind == DELETE:
+                items.append(RoomEvent(stored.id, DELETE, stored.target or ""))
+            elif stored.kind in (BAN, UNBAN):
+                items.append(RoomEvent(stored.id, stored.kind, stored.username))
+        return items, cursor, len(batch) == REPLAY_BATCH
+
+    def stream_items(
+        self, start: StreamStart, keepalive: float, closed: Callable[[], bool] = _never
     ) -> Iterator[StreamItem]:
-        stream = rules.new_token()
-        with self.signals.listening(roomid):
-            try:
-                if username is not None:
-                    self._set_presence(roomid, stream, username, PRESENCE_LIFETIME, session)
-                generation = self.signals.generation(roomid)
-                shown = self.online(roomid)
-                yield Presence(shown)
-                now = time.monotonic()
-                next_keepalive = now + keepalive
-                # An anonymous listener has no presence to renew.
-                next_renewal = now + PRESENCE_RENEW if username is not None else math.inf
-                while True:
-                    batch = self._messages_after(roomid, cursor, generation)
-                    for stored in batch:
-                        cursor = stored.id
-                        if stored.kind == "message":
-                            yield self._message(stored)
-                        elif stored.kind == GONE:
-                            username = None  # nothing left to be present in
-                            yield RoomEvent(stored.id, GONE, "")
-                            return
-                        elif stored.kind == DELETE:
-                            yield RoomEvent(stored.id, DELETE, stored.target or "")
-                        elif stored.kind in (BAN, UNBAN):
-                            yield RoomEvent(stored.id, stored.kind, stored.username)
-                    if batch:
-                        next_keepalive = time.monotonic() + keepalive
-                    if len(batch) == REPLAY_BATCH:
-                        continue
-                    now = time.monotonic()
-                    online = self.online(roomid)  # may change by expiry or elsewhere
-                    if online != shown:
-                        shown = online
-                        next_keepalive = now + keepalive
-                        yield Presence(online)
-                    if username is not None and now >= next_renewal:
-                        next_renewal = now + PRESENCE_RENEW
-                        if self._session_live(roomid, username, session):
-                            self._set_presence(roomid, stream, username, PRESENCE_LIFETIME, session)
-                        else:  # logged out: read on, no longer present
-                            username, next_renewal = None, math.inf
-                    if now >= next_keepalive:
-                        next_keepalive = now + keepalive
-                        yield None
-                    wake_at = min(next_keepalive, now + PRESENCE_CHECK, next_renewal)
-                    generation = self.signals.wait(roomid, generation, wake_at - time.monotonic())
-                    if closed():
+        """The items of a started stream, for one listener (see `follow`)."""
+        roomid, cursor = start.roomid, start.cursor
+        with self.signals.listening(roomid), self.present(start) as present:
+            generation = self.signals.generation(roomid)
+            shown, names = self.presence.current(roomid)
+            yield Presence(list(names))
+            next_keepalive = time.monotonic() + keepalive
+            while True:
+                items, cursor, more = self.read_after(roomid, cursor, generation)
+                for item in items:
+                    yield item
+                    if isinstance(item, RoomEvent) and item.kind == GONE:
+                        present.room_gone = True
                         return
-            finally:
-                # Best effort: if the store is down, the presence lapses by itself.
-                # After a logout there is no reconnect to wait for: no grace.
-                with contextlib.suppress(StoreUnavailable):
-                    if username is not None and self._session_live(roomid, username, session):
-                        self._set_presence(roomid, stream, username, PRESENCE_GRACE, session)
-
-    def _set_presence(
-        self, roomid: str, stream: str, username: str, lifetime: float, session: str
-    ) -> None:
-        before = self.online(roomid)
-        self.backend.set_presence(roomid, stream, username, time.time() + lifetime, session)
-        self._online_cache.pop(roomid)
-        if self.online(roomid) != before:
-            self.signals.notify(roomid)
+                if items:
+                    next_keepalive = time.monotonic() + keepalive
+                if more:
+                    continue
+                self.presence.refresh(roomid)  # may change by expiry or elsewhere
+                shown, change = self.presence.since(roomid, shown)
+                now = time.monotonic()
+                if change is not None:
+                    next_keepalive = now + keepalive
+                    yield change
+                if now >= next_keepalive:
+                    next_keepalive = now + keepalive
+                    yield None
+                wake_at = min(next_keepalive, now + presence.PRESENCE_CHECK)
+                generation = self.signals.wait(roomid, generation, wake_at - time.monotonic())
+                if closed():
+                    return
 
     def _message(self, stored: StoredMessage) -> Message:
         """The message with its line; formatting a time is the costly part of

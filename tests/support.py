@@ -213,6 +213,7 @@ class EventStream:
         self.status = self.response.status
         self.comments = 0
         self.last_id: str | None = last_event_id
+        self.online: list[str] | None = None  # the presence list as the stream tells it
 
     def next_event(self) -> Event:
         """The next event; comments (keep-alives) are counted and skipped."""
@@ -230,9 +231,27 @@ class EventStream:
             elif "data" in fields:
                 if "id" in fields:
                     self.last_id = fields["id"]
-                return Event(
+                event = Event(
                     fields.get("event", "message"), json.loads(fields["data"]), fields.get("id")
                 )
+                self._follow_presence(event)
+                return event
+
+    def _follow_presence(self, event: Event) -> None:
+        """The whole list opens a stream; later records say what changed."""
+        if event.event == "presence":
+            self.online = sorted(event.data["online"])
+        elif event.event == "presence-change":
+            assert self.online is not None, "a change came before the list"
+            names = (set(self.online) | set(event.data["joined"])) - set(event.data["left"])
+            self.online = sorted(names)
+
+    def next_presence(self) -> dict[str, list[str]]:
+        """The presence list after the next presence record, shaped as the first."""
+        while self.next_event().event not in ("presence", "presence-change"):
+            pass
+        assert self.online is not None
+        return {"online": self.online}
 
     def next_of(self, kind: str) -> Event:
         while True:

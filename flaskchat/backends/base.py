@@ -8,7 +8,7 @@ is stored once per user and room.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -213,6 +213,13 @@ class Backend(Protocol):
     ) -> None:
         """Say that `username` listens on `stream`, opened by `session`, until
         `expires_at`; entries that have expired are removed for good."""
+
+    def renew_presence(
+        self, roomid: str, streams: Sequence[tuple[str, str, str]], expires_at: float
+    ) -> None:
+        """Move the expiry of each `(stream, username, session)` that still has a
+        presence to `expires_at`, in one write; one that a logout or a ban ended
+        stays ended. Expired entries are removed for good."""
 
     def end_presence(self, roomid: str, session: str) -> None:
         """Remove at once the presence of every stream that `session` opened."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -323,6 +323,17 @@ class MemoryBackend:
             presence = self._rooms[roomid]["presence"]
             _drop_expired(presence, time.time())
             presence[stream] = (username, expires_at, session)
+
+    def renew_presence(
+        self, roomid: str, streams: Sequence[tuple[str, str, str]], expires_at: float
+    ) -> None:
+        with self._lock:
+            presence = self._rooms[roomid]["presence"]
+            _drop_expired(presence, time.time())
+            for stream, _, _ in streams:
+                if stream in presence:
+                    username, _, session = presence[stream]
+                    presence[stream] = (username, expires_at, session)
 
     def end_presence(self, roomid: str, session: str) -> None:
         with self._lock:

@@ -47,7 +47,7 @@ import os
 import re
 import select
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -932,6 +932,23 @@ class RedisBackend:
         def update() -> None:
             pipe = self.client.pipeline()
             pipe.zadd(key, {f"{stream} {session} {username}": expires_at})
+            pipe.zremrangebyscore(key, "-inf", time.time())
+            pipe.execute()
+
+        self._call(update)
+
+    def renew_presence(
+        self, roomid: str, streams: Sequence[tuple[str, str, str]], expires_at: float
+    ) -> None:
+        """`ZADD XX` moves only entries that are still there."""
+        if not streams:
+            return
+        key = _key(roomid, "presence")
+        members = {f"{stream} {session} {name}": expires_at for stream, name, session in streams}
+
+        def update() -> None:
+            pipe = self.client.pipeline()
+            pipe.zadd(key, members, xx=True)
             pipe.zremrangebyscore(key, "-inf", time.time())
             pipe.execute()
 

@@ -13,7 +13,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -884,6 +884,16 @@ class SqliteBackend:
                 " VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (room_id, stream) DO UPDATE SET expires_at = excluded.expires_at",
                 (roomid, stream, username, expires_at, session),
+            )
+
+    def renew_presence(
+        self, roomid: str, streams: Sequence[tuple[str, str, str]], expires_at: float
+    ) -> None:
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM presence WHERE expires_at <= ?", (time.time(),))
+            conn.executemany(
+                "UPDATE presence SET expires_at = ? WHERE room_id = ? AND stream = ?",
+                [(expires_at, roomid, stream) for stream, _, _ in streams],
             )
 
     def end_presence(self, roomid: str, session: str) -> None:

@@ -560,6 +560,14 @@ async function connect() {
     if (state.removed !== null && sameName(username, state.removed)) showReadmitted();
   });
   stream.addEventListener("gone", () => showGone());
+  // The whole list opens the stream; after it, only who came and who went.
+  stream.addEventListener("presence-change", (event) => {
+    const { joined, left } = JSON.parse(event.data);
+    const names = new Set(state.online);
+    for (const name of left) names.delete(name);
+    for (const name of joined) names.add(name);
+    showOnline([...names].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)));
+  });
   stream.addEventListener("presence", async (event) => {
     showOnline(JSON.parse(event.data).online);
     if (caughtUp) return;

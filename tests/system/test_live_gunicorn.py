@@ -127,7 +127,7 @@ def test_resume_on_another_server_and_presence_across_servers(
         deadline = time.monotonic() + 10
         online: list[str] = []
         while online != ["alice", "bob"] and time.monotonic() < deadline:
-            online = bob.next_of("presence").data["online"]
+            online = bob.next_presence()["online"]
         assert online == ["alice", "bob"]
     finally:
         alice.close()

@@ -83,13 +83,13 @@ def test_every_store_cache_stays_within_its_budget(
     caches: dict[str, tuple[BoundedCache[Any, Any], int]] = {
         "aliases": (store._aliases, budget // 16),
         "names": (store._names, budget // 16),
-        "online": (store._online_cache, budget // 16),
         "formatted": (store._formatted, budget),
         "conversations": (store._conversations, budget),
     }
     for name, (cache, limit) in caches.items():
         assert 0 < cache.bytes <= limit, name
         assert len(cache) < 40, name  # something had to go
+    assert not store.presence._rooms  # presence is kept only for rooms with listeners
 
 
 def test_polled_conversations_stay_within_the_encoded_budget(

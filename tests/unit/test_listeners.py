@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import flaskchat.presence
 import flaskchat.store
 from flaskchat import RoomStore
 from flaskchat.store import Message, Presence, StreamItem
@@ -45,8 +46,8 @@ def test_an_idle_stream_sleeps_past_its_presence_renewals(
 ) -> None:
     """An anonymous stream once spun without sleeping as soon as its first
     presence renewal was due (about 15 s after it opened)."""
-    monkeypatch.setattr(flaskchat.store, "PRESENCE_RENEW", 0.05)
-    monkeypatch.setattr(flaskchat.store, "PRESENCE_CHECK", 0.25)
+    monkeypatch.setattr(flaskchat.presence, "PRESENCE_RENEW", 0.05)
+    monkeypatch.setattr(flaskchat.presence, "PRESENCE_CHECK", 0.25)
     roomid = room_store.create_room("quiet")
     room_store.register(roomid, "alice", "correct horse battery")
     token = room_store.login(roomid, "alice", "correct horse battery")
@@ -69,7 +70,7 @@ def test_a_new_message_wakes_listeners_at_once(
 ) -> None:
     """Listeners are woken by the message itself, not by their periodic presence
     check (on `memory://` they once waited for it: 0.1 to 3 s late)."""
-    monkeypatch.setattr(flaskchat.store, "PRESENCE_CHECK", 60.0)
+    monkeypatch.setattr(flaskchat.presence, "PRESENCE_CHECK", 60.0)
     roomid = room_store.create_room("prompt")
     room_store.register(roomid, "alice", "correct horse battery")
     token = room_store.login(roomid, "alice", "correct horse battery")
@@ -92,7 +93,7 @@ def test_a_listener_whose_connection_closed_stops_at_its_next_check(
 ) -> None:
     """`closed` is asked at every wake-up, so a hung-up client is noticed within
     one presence check rather than at the next keep-alive."""
-    monkeypatch.setattr(flaskchat.store, "PRESENCE_CHECK", 0.2)
+    monkeypatch.setattr(flaskchat.presence, "PRESENCE_CHECK", 0.2)
     roomid = room_store.create_room("hung up")
     hung_up = threading.Event()
     stream = room_store.follow(roomid, keepalive=120, closed=hung_up.is_set)

@@ -181,7 +181,7 @@ def test_a_ban_ends_a_member_everywhere_until_lifted(store: RoomStore, other: Ro
     other.ban(roomid, key, "BOB")  # by name, whatever its case
     event = next_item(watcher)
     assert isinstance(event, RoomEvent) and (event.kind, event.subject) == ("ban", "Bob")
-    store._online_cache.clear()
+    store.presence.changed(roomid)
     assert store.online(roomid) == []  # presence ended at once
     with pytest.raises(Forbidden):
         store.post_message(roomid, "bob", token, "still here?")

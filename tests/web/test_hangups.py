@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
+import flaskchat.presence
 import flaskchat.store
 from flaskchat import RoomStore
 
@@ -32,7 +33,7 @@ def served(app: Flask) -> Iterator[ServedApp]:
 def test_a_closed_stream_is_noticed_long_before_its_next_keepalive(
     app: Flask, served: ServedApp, chat: ChatActions, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(flaskchat.store, "PRESENCE_GRACE", 0.5)
+    monkeypatch.setattr(flaskchat.presence, "PRESENCE_GRACE", 0.5)
     store: RoomStore = app.extensions["flaskchat"]
     roomid = chat.create_room()
     token = chat.join(roomid, "alice")
@@ -50,5 +51,5 @@ def test_a_closed_stream_is_noticed_long_before_its_next_keepalive(
     with EventStream(served.url, f"/{roomid}/events") as again:
         assert again.status == 200  # the slot came back
         time.sleep(0.6)  # past the grace period
-        store._online_cache.clear()
+        store.presence.changed(roomid)
         assert store.online(roomid) == []

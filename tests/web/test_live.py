@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from flask import Flask, jsonify
 
+import flaskchat.presence
 import flaskchat.store
 from flaskchat import RoomStore
 
@@ -182,37 +183,37 @@ def test_expired_tickets_are_refused(store: RoomStore, chat: ChatActions) -> Non
 def test_presence_follows_streams_with_a_grace_period(
     chat: ChatActions, served: ServedApp, room: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(flaskchat.store, "PRESENCE_GRACE", 1.0)
-    monkeypatch.setattr(flaskchat.store, "PRESENCE_CHECK", 0.2)
+    monkeypatch.setattr(flaskchat.presence, "PRESENCE_GRACE", 1.0)
+    monkeypatch.setattr(flaskchat.presence, "PRESENCE_CHECK", 0.2)
     roomid, alice_token = room
     bob_token = chat.join(roomid, "Bob")
     alice = EventStream(
         served.url, f"/{roomid}/events?ticket=" + ticket_for(chat, roomid, "alice", alice_token)
     )
     with alice:
-        assert alice.next_of("presence").data == {"online": ["alice"]}
+        assert alice.next_presence() == {"online": ["alice"]}
         bob = EventStream(
             served.url, f"/{roomid}/events?ticket=" + ticket_for(chat, roomid, "bob", bob_token)
         )
-        assert bob.next_of("presence").data == {"online": ["Bob", "alice"]}
-        assert alice.next_of("presence").data == {"online": ["Bob", "alice"]}
+        assert bob.next_presence() == {"online": ["Bob", "alice"]}
+        assert alice.next_presence() == {"online": ["Bob", "alice"]}
         bob.close()
         left_at = time.monotonic()
-        assert alice.next_of("presence").data == {"online": ["alice"]}
+        assert alice.next_presence() == {"online": ["alice"]}
         assert time.monotonic() - left_at >= 0.9  # not before the grace period
 
 
 def test_a_quick_reconnect_does_not_flap_presence(
     chat: ChatActions, app: Flask, room: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(flaskchat.store, "PRESENCE_CHECK", 0.1)
+    monkeypatch.setattr(flaskchat.presence, "PRESENCE_CHECK", 0.1)
     roomid, token = room
     store: RoomStore = app.extensions["flaskchat"]
     watcher = store.follow(roomid, keepalive=60)
     assert next(watcher) == flaskchat.store.Presence([])
     first = store.follow(roomid, username="alice")
     next(first)
-    assert next(watcher) == flaskchat.store.Presence(["alice"])
+    assert next(watcher) == flaskchat.store.PresenceChange(["alice"], [])
     first.close()
     second = store.follow(roomid, username="alice")
     next(second)

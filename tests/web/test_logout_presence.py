@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
+import flaskchat.presence
 import flaskchat.store
 
 from actions import ChatActions
@@ -44,7 +45,7 @@ def online_within(stream: EventStream, expected: list[str], seconds: float) -> f
     started = time.monotonic()
     online = None
     while online != expected:
-        online = stream.next_of("presence").data["online"]
+        online = stream.next_presence()["online"]
         assert time.monotonic() - started < seconds, online
     return time.monotonic() - started
 
@@ -67,7 +68,7 @@ def stays(stream: EventStream, names: list[str], seconds: float) -> None:
     while time.monotonic() < deadline:
         stream.set_timeout(max(deadline - time.monotonic(), 0.01))
         try:
-            online = stream.next_of("presence").data["online"]
+            online = stream.next_presence()["online"]
         except TimeoutError:
             return
         assert set(names) <= set(online), online
@@ -77,7 +78,7 @@ def stays(stream: EventStream, names: list[str], seconds: float) -> None:
 def test_logout_ends_the_presence_of_that_device_only(
     chat: ChatActions, served: ServedApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(flaskchat.store, "PRESENCE_RENEW", 0.3)
+    monkeypatch.setattr(flaskchat.presence, "PRESENCE_RENEW", 0.3)
     roomid = chat.create_room()
     phone = chat.join(roomid, "alice")
     laptop = chat.login(roomid, "alice")
@@ -101,7 +102,7 @@ def test_logout_ends_the_presence_of_that_device_only(
 def test_logging_out_of_the_only_device_leaves_the_list_within_three_seconds(
     chat: ChatActions, served: ServedApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(flaskchat.store, "PRESENCE_RENEW", 0.3)
+    monkeypatch.setattr(flaskchat.presence, "PRESENCE_RENEW", 0.3)
     roomid = chat.create_room()
     alice = chat.join(roomid, "alice")
     bob = chat.join(roomid, "bob")
@@ -120,7 +121,7 @@ def test_logging_out_of_the_only_device_leaves_the_list_within_three_seconds(
         time.sleep(1)
         own.close()
         stays(watcher, ["bob"], 1.5)
-        assert flaskchat.store.PRESENCE_RENEW < 1  # so renewals had their chance
+        assert flaskchat.presence.PRESENCE_RENEW < 1  # so renewals had their chance
     finally:
         own.close()
         watcher.close()

@@ -582,8 +582,13 @@ def test_an_event_stream_is_as_documented(live: Served) -> None:
         component("Presence").validate(presence.data)
         live.store.post_message(live.roomid, "alice", live.token, "streamed")
         message = stream.next_of("message")
+        ticket = live.store.issue_ticket(live.roomid, "alice", live.token)
+        with EventStream(live.url, f"/{live.roomid}/events?ticket={ticket}"):
+            change = stream.next_of("presence-change")
     component("Message").validate(message.data)
     assert message.id == message.data["id"]
+    component("PresenceChange").validate(change.data)
+    assert change.data == {"joined": ["alice"], "left": []}
 
 
 def test_moderation_on_an_event_stream_is_as_documented(live: Served) -> None:
