@@ -1,21 +1,22 @@
-"""Fan-out from one place: each room's events are read, encoded and framed once
-per process, then written straight to every socket listening to the room.
+"""Fan-out from one place: each room's events are read and encoded once per
+process, then written straight to every socket listening to the room.
 
-Under gunicorn's gevent worker an event stream is a greenlet parked in the WSGI
-response. Waking each of them for each message cost about 30 us of CPU per
-delivered message at 1,000 streams (profile: switches, timers, four layers of
-generators and gunicorn's chunked write, per stream). Here one feed per room
-and process does the reading and writes the ready chunk to each socket with one
-non-blocking `write`; a stream's own greenlet wakes only to finish a write that
-the socket could not take at once (a slow client), and to end.
+Under gunicorn's gevent worker an event stream used to be a greenlet parked in
+its WSGI response for as long as the page stayed open. Waking each of them for
+each message cost about 30 us of CPU per delivered message at 1,000 streams
+(profile: switches, timers, four layers of generators and gunicorn's chunked
+write, per stream), and each parked greenlet with its request kept about 24 KB.
 
-A stream starts as any other: its opening presence and the messages it missed
-go out through gunicorn. Once it has caught up it joins its room's feed at the
-same point of the room's log, and gunicorn sees nothing more until the stream
-ends (it then sends the end of the chunked body). Where the server is not
+Here a stream is handed over: its request writes the response head, the opening
+presence and what the client missed, then gives its connection to the room's
+feed and returns gunicorn's `ALREADY_HANDLED`, so the request and its greenlet
+are gone. The response is delimited by the connection's end (`Connection:
+close`), so records go out as they are, without chunk framing. One feed per
+room and process reads the room's log, and writes each record to every socket
+with one non-blocking `write`; a socket that cannot take it all at once gets a
+greenlet of its own until it has (a slow client). Where the server is not
 gunicorn's gevent worker (the development server, the test client, threads),
-`Fanout.stream` says so and the view serves the stream per listener
-(`RoomStore.stream_items`).
+the view serves streams per listener instead (`RoomStore.stream_items`).
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ import select
 import socket
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +35,7 @@ from .backends.base import GONE
 from .errors import StoreUnavailable
 from .live import HUNG_UP, gevent_patched, system_poll
 from .presence import Presence, PresenceChange
-from .store import RoomEvent, RoomStore, StreamItem, StreamStart
+from .store import Message, PresentStream, RoomEvent, RoomStore, StreamItem, StreamStart
 
 # How often each feed looks for clients that hung up (one poll of all its sockets).
 HANGUP_CHECK = 2.0
@@ -55,43 +55,43 @@ def _order(message_id: str | None) -> tuple[int, ...]:
     return () if message_id is None else tuple(int(part) for part in message_id.split("-"))
 
 
-def direct_socket(environ: dict[str, Any]) -> socket.socket | None:
-    """The client's socket, if this request may be served from its room's feed:
-    a GET under gunicorn's gevent worker (non-blocking sockets, one thread)."""
+def can_hand_over(environ: dict[str, Any]) -> bool:
+    """Whether this request's connection may be handed to its room's feed: a GET
+    under gunicorn's gevent worker (non-blocking sockets, one thread)."""
     connection = environ.get("gunicorn.socket")
     if connection is None or environ.get("REQUEST_METHOD") != "GET" or not gevent_patched():
-        return None
+        return False
     if environ.get("SERVER_PROTOCOL") not in ("HTTP/1.0", "HTTP/1.1"):
-        return None
+        return False
     try:
-        if os.get_blocking(connection.fileno()):
-            return None
+        return not os.get_blocking(connection.fileno())
     except OSError:
-        return None
-    return connection  # type: ignore[no-any-return]
+        return False
 
 
 @dataclass(eq=False, slots=True)
 class Outlet:
-    """One stream in its room's feed."""
+    """One stream in its room's feed; it owns its copy of the connection."""
 
     connection: socket.socket
     fd: int
-    chunked: bool  # gunicorn frames an HTTP/1.1 body in chunks; 1.0 is sent as is
+    start: StreamStart
+    present: PresentStream
+    on_close: Callable[[], object]
     shown: int  # the presence version this stream shows
     skip_to: tuple[int, ...] | None = None  # it already has the events up to this id
-    pending: deque[bytes] = field(default_factory=deque)
+    pending: list[bytes] | None = None  # what the socket could not take yet
     pending_bytes: int = 0
     draining: bool = False
     ended: bool = False
-    room_gone: bool = False
-    wake: threading.Event = field(default_factory=threading.Event)
+    cut: bool = False  # ended without sending what is pending
 
 
 @dataclass(eq=False, slots=True)
 class _Feed:
     roomid: str
-    users: int = 0  # streams attached or on their way
+    keepalive: float
+    users: int = 1  # streams attached or on their way
     outlets: set[Outlet] = field(default_factory=set)
     cursor: str | None = None
     started: bool = False  # `cursor` holds the feed's place in the log
@@ -113,59 +113,59 @@ class Fanout:
         self.queued_bytes = 0
         self._poll = system_poll()
 
-    # A stream's own greenlet
+    # The request's greenlet
 
-    def stream(
-        self, start: StreamStart, connection: socket.socket, keepalive: float, protocol: str
-    ) -> Iterator[bytes]:
-        """The body of one event stream served from its room's feed."""
+    def hand_over(
+        self,
+        start: StreamStart,
+        environ: dict[str, Any],
+        status: str,
+        headers: list[tuple[str, str]],
+        keepalive: float,
+        on_close: Callable[[], object],
+    ) -> object:
+        """Send the head and the catch-up of one stream, then hand its connection
+        to the room's feed; returns what tells gunicorn the response is done."""
+        from gunicorn.workers.base_async import ALREADY_HANDLED  # type: ignore[import-untyped]
+
         store, roomid = self.store, start.roomid
+        connection: socket.socket = environ["gunicorn.socket"]
+        head = [f"{environ['SERVER_PROTOCOL']} {status}"]
+        head += [f"{name}: {value}" for name, value in headers]
+        head.append("Connection: close")  # the body ends with the connection
+        try:
+            present = store.open_presence(start)
+        except StoreUnavailable:  # the stream works, unseen, until the client reconnects
+            present = store.open_presence(StreamStart(roomid, start.cursor, None, ""))
         feed = self._join(roomid, keepalive)
         outlet: Outlet | None = None
         try:
-            with store.present(start) as present:
-                shown, names = store.presence.current(roomid)
-                yield b"retry: 2000\n" + self.encode(Presence(list(names))).encode()
-                cursor = start.cursor
-                while outlet is None:
-                    items, cursor, more = store.read_after(roomid, cursor)
-                    if items:
-                        yield "".join(map(self.encode, items)).encode()
-                        last = items[-1]
-                        if isinstance(last, RoomEvent) and last.kind == GONE:
-                            present.room_gone = True
-                            return
-                    if not more:
-                        fd = connection.fileno()
-                        candidate = Outlet(connection, fd, protocol == "HTTP/1.1", shown)
-                        if self._attach(feed, candidate, cursor):
-                            outlet = candidate
-                while True:
-                    outlet.wake.wait()
-                    outlet.wake.clear()
-                    self._drain(outlet)
-                    if outlet.ended:
-                        present.room_gone = outlet.room_gone
-                        return
+            shown, names = store.presence.current(roomid)
+            opening = "\r\n".join(head) + "\r\n\r\nretry: 2000\n"
+            presence = self.encode(Presence(list(names)))
+            connection.sendall(opening.encode("latin-1") + presence.encode())
+            cursor = start.cursor
+            while outlet is None:
+                items, cursor, more = store.read_after(roomid, cursor)
+                if items:
+                    connection.sendall("".join(map(self.encode, items)).encode())
+                    last = items[-1]
+                    if isinstance(last, RoomEvent) and last.kind == GONE:
+                        present.room_gone = True
+                        break
+                if not more:
+                    copy = connection.dup()  # stays open when gunicorn closes its own
+                    candidate = Outlet(copy, copy.fileno(), start, present, on_close, shown)
+                    if self._attach(feed, candidate, cursor):
+                        outlet = candidate
+                    else:
+                        copy.close()
+        except (OSError, StoreUnavailable):
+            pass  # the client went, or the store: it reconnects and catches up
         finally:
-            self._leave(feed, outlet)
-
-    def _drain(self, outlet: Outlet) -> None:
-        """Send what the feed could not write at once, blocking this greenlet only;
-        the feed queues behind it meanwhile, so bytes never interleave."""
-        outlet.draining = True
-        try:
-            while outlet.pending and not outlet.ended:
-                data = outlet.pending.popleft()
-                outlet.pending_bytes -= len(data)
-                self.queued_bytes -= len(data)
-                outlet.connection.sendall(data)
-        except OSError:
-            outlet.ended = True
-        finally:
-            outlet.draining = False
-            if outlet.ended:
-                self._forget(outlet)
+            if outlet is None:
+                self._finish(feed, start, present, on_close)
+        return ALREADY_HANDLED
 
     # Feeds
 
@@ -173,9 +173,9 @@ class Fanout:
         with self._lock:
             feed = self._feeds.get(roomid)
             if feed is None:
-                feed = self._feeds[roomid] = _Feed(roomid, users=1, poller=self._poll())
+                feed = self._feeds[roomid] = _Feed(roomid, keepalive, poller=self._poll())
                 threading.Thread(
-                    target=self._run, args=(feed, keepalive), name="flaskchat-feed", daemon=True
+                    target=self._run, args=(feed,), name="flaskchat-feed", daemon=True
                 ).start()
             else:
                 feed.users += 1
@@ -196,27 +196,28 @@ class Fanout:
         feed.poller.register(outlet.fd, select.POLLIN | HUNG_UP)
         return True
 
-    def _leave(self, feed: _Feed, outlet: Outlet | None) -> None:
-        if outlet is not None:
-            self._forget(outlet)
-            if outlet in feed.outlets:
-                feed.outlets.discard(outlet)
-                with contextlib.suppress(KeyError, ValueError, OSError):
-                    feed.poller.unregister(outlet.fd)
-        with self._lock:
-            feed.users -= 1
-            if feed.users <= 0 and self._feeds.get(feed.roomid) is feed:
-                del self._feeds[feed.roomid]
-        if feed.users <= 0:
-            self.store.signals.notify(feed.roomid)  # the feed's thread sees it is done
+    def _finish(
+        self,
+        feed: _Feed,
+        start: StreamStart,
+        present: PresentStream,
+        on_close: Callable[[], object],
+    ) -> None:
+        """A stream has ended: its presence starts its grace period (if its login
+        still holds), and the view's close callbacks run."""
+        store = self.store
+        try:
+            store.close_presence(start, present)
+        finally:
+            on_close()
+            with self._lock:
+                feed.users -= 1
+                if feed.users <= 0 and self._feeds.get(feed.roomid) is feed:
+                    del self._feeds[feed.roomid]
+            if feed.users <= 0:
+                store.signals.notify(feed.roomid)  # the feed's thread sees it is done
 
-    def _forget(self, outlet: Outlet) -> None:
-        """Drop what a stream that ended still had queued."""
-        self.queued_bytes -= outlet.pending_bytes
-        outlet.pending.clear()
-        outlet.pending_bytes = 0
-
-    def _run(self, feed: _Feed, keepalive: float) -> None:
+    def _run(self, feed: _Feed) -> None:
         """The feed's loop: read the room's new events once, send them to every
         stream; presence changes, keep-alives and hang-ups in between."""
         store, roomid = self.store, feed.roomid
@@ -238,9 +239,9 @@ class Fanout:
                 if now >= next_check:
                     self._hang_ups(feed)
                     next_check = now + HANGUP_CHECK
-                if now - feed.last_write >= keepalive:
+                if now - feed.last_write >= feed.keepalive:
                     self._send(feed, b": keep-alive\n\n")
-                wake_at = min(next_check, feed.last_write + keepalive)
+                wake_at = min(next_check, feed.last_write + feed.keepalive)
                 if version != feed.shown:
                     wake_at = min(wake_at, feed.presence_at)
                 generation = store.signals.wait(roomid, generation, wake_at - time.monotonic())
@@ -250,12 +251,12 @@ class Fanout:
         while more and feed.outlets:
             items, cursor, more = self.store.read_after(feed.roomid, feed.cursor, generation)
             for item in items:
-                assert item is not None and not isinstance(item, Presence | PresenceChange)
-                self._send(feed, self.encode(item).encode(), _order(item.id))
+                order = _order(item.id) if isinstance(item, Message | RoomEvent) else None
+                self._send(feed, self.encode(item).encode(), order)
                 if isinstance(item, RoomEvent) and item.kind == GONE:
-                    for outlet in feed.outlets:
-                        outlet.room_gone = True
-                        self._end(outlet)
+                    for outlet in list(feed.outlets):
+                        outlet.present.room_gone = True
+                        self._end(feed, outlet)
             feed.cursor = cursor
         if not feed.outlets:
             feed.started = False  # the next stream to attach sets the place
@@ -268,64 +269,97 @@ class Fanout:
             record = records.get(outlet.shown)
             if record is None:
                 _, change = self.store.presence.since(feed.roomid, outlet.shown)
-                record = records[outlet.shown] = b"" if change is None else self._frame_text(change)
+                record = records[outlet.shown] = self._record(change)
             if record:
-                self._write(feed, outlet, record if outlet.chunked else _unframe(record))
+                self._write(feed, outlet, record)
             outlet.shown = version
         feed.shown = version
         feed.last_write = time.monotonic()
 
-    def _frame_text(self, item: PresenceChange | Presence) -> bytes:
-        data = self.encode(item).encode()
-        return b"%X\r\n%s\r\n" % (len(data), data)
+    def _record(self, item: PresenceChange | Presence | None) -> bytes:
+        return b"" if item is None else self.encode(item).encode()
 
     def _send(self, feed: _Feed, data: bytes, order: tuple[int, ...] | None = None) -> None:
-        """Write one record to every stream of the feed: framed once, then one
-        non-blocking write per socket. A record of the log (`order`: its id's)
-        skips the streams that read it themselves."""
-        chunk = b"%X\r\n%s\r\n" % (len(data), data)
+        """Write one record to every stream of the feed, one non-blocking write per
+        socket. A record of the log (`order`: its id's) skips the streams that
+        read it themselves."""
         for outlet in list(feed.outlets):
             if outlet.skip_to is not None and order is not None:
                 if order <= outlet.skip_to:
                     continue
                 outlet.skip_to = None
-            self._write(feed, outlet, chunk if outlet.chunked else data)
+            self._write(feed, outlet, data)
         feed.last_write = time.monotonic()
 
     def _write(self, feed: _Feed, outlet: Outlet, data: bytes) -> None:
-        if outlet.ended:
-            return
-        if outlet.pending or outlet.draining:
-            self._queue(outlet, data)
+        if outlet.pending is not None:
+            self._queue(feed, outlet, data)
             return
         try:
             written = os.write(outlet.fd, data)
         except BlockingIOError:
             written = 0
         except OSError:
-            self._end(outlet)
+            self._end(feed, outlet)
             return
         if written < len(data):
-            self._queue(outlet, data[written:])
+            self._queue(feed, outlet, data[written:])
 
-    def _queue(self, outlet: Outlet, data: bytes) -> None:
-        if (
-            outlet.pending_bytes + len(data) > OUTLET_BYTES
-            or self.queued_bytes + len(data) > QUEUED_BYTES
-        ):
-            # Cut off mid-chunk: the client sees a broken stream, not a clean end.
-            with contextlib.suppress(OSError):
-                outlet.connection.shutdown(socket.SHUT_RDWR)
-            self._end(outlet)
+    def _queue(self, feed: _Feed, outlet: Outlet, data: bytes) -> None:
+        size = len(data)
+        if outlet.pending_bytes + size > OUTLET_BYTES or self.queued_bytes + size > QUEUED_BYTES:
+            outlet.cut = True
+            self._end(feed, outlet)
             return
+        if outlet.pending is None:
+            outlet.pending = []
         outlet.pending.append(data)
-        outlet.pending_bytes += len(data)
-        self.queued_bytes += len(data)
-        outlet.wake.set()
+        outlet.pending_bytes += size
+        self.queued_bytes += size
+        if not outlet.draining:
+            outlet.draining = True
+            threading.Thread(target=self._drain, args=(feed, outlet), daemon=True).start()
 
-    def _end(self, outlet: Outlet) -> None:
+    def _drain(self, feed: _Feed, outlet: Outlet) -> None:
+        """Send what the socket could not take at once, in a greenlet of its own;
+        the feed queues behind it meanwhile, so records never interleave."""
+        try:
+            while outlet.pending and not outlet.cut:
+                data = outlet.pending.pop(0)
+                outlet.pending_bytes -= len(data)
+                self.queued_bytes -= len(data)
+                outlet.connection.sendall(data)
+                if not outlet.pending:
+                    outlet.pending = None  # back to writing straight from the feed
+        except OSError:
+            outlet.cut = True
+            self._end(feed, outlet)
+        finally:
+            outlet.draining = False
+            if outlet.ended:
+                self._close(feed, outlet)
+
+    def _end(self, feed: _Feed, outlet: Outlet) -> None:
+        """Take a stream out of the feed; it closes once what it has pending is
+        sent (at once if it was cut off)."""
+        if outlet.ended:
+            return
         outlet.ended = True
-        outlet.wake.set()
+        feed.outlets.discard(outlet)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            feed.poller.unregister(outlet.fd)
+        if not outlet.draining:
+            threading.Thread(target=self._close, args=(feed, outlet), daemon=True).start()
+
+    def _close(self, feed: _Feed, outlet: Outlet) -> None:
+        if outlet.pending is not None:
+            self.queued_bytes -= outlet.pending_bytes
+            outlet.pending, outlet.pending_bytes = None, 0
+        with contextlib.suppress(OSError):
+            if outlet.cut:  # the client sees a broken stream, not a clean end
+                outlet.connection.shutdown(socket.SHUT_RDWR)
+            outlet.connection.close()
+        self._finish(feed, outlet.start, outlet.present, outlet.on_close)
 
     def _hang_ups(self, feed: _Feed) -> None:
         """One poll of every socket of the feed: a client that closed its end is
@@ -339,17 +373,12 @@ class Fanout:
             if outlet is None:
                 continue
             if events & HUNG_UP:
-                self._end(outlet)
+                self._end(feed, outlet)
                 continue
             try:  # readable: the end of the stream, or bytes a client sent early
-                if outlet.connection.recv(1, socket.MSG_PEEK) == b"":
-                    self._end(outlet)
+                if os.read(fd, 4096) == b"":
+                    self._end(feed, outlet)
             except BlockingIOError:
                 pass
             except OSError:
-                self._end(outlet)
-
-
-def _unframe(chunk: bytes) -> bytes:
-    """The record inside a chunk, for a stream that is not chunked (HTTP/1.0)."""
-    return chunk[chunk.index(b"\r\n") + 2 : -2]
+                self._end(feed, outlet)

@@ -10,7 +10,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import (
     Blueprint,
@@ -27,7 +27,7 @@ from . import rules
 from .backends.base import UNSET
 from .cache import BoundedCache
 from .errors import AuthenticationFailed
-from .fanout import Fanout, direct_socket
+from .fanout import Fanout, can_hand_over
 from .limits import StreamCounter, client_ip
 from .live import hung_up
 from .logs import room_log_id
@@ -39,8 +39,12 @@ from .store import (
     PresenceChange,
     RoomEvent,
     StreamItem,
+    StreamStart,
 )
 from .web import failure_shape, html_page, json_fields, json_object, store
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 
 class RoomIdConverter(BaseConverter):
@@ -196,18 +200,32 @@ def events(roomid: str) -> Response:
     streams: StreamCounter = current_app.extensions["flaskchat_streams"]
     release = streams.claim(client_ip(), int(current_app.config["MAX_STREAMS_PER_IP"]))
     keepalive = float(current_app.config["SSE_KEEPALIVE"])
-    connection = direct_socket(request.environ)
-    body: Iterator[str] | Iterator[bytes]
-    if connection is not None:  # gunicorn's gevent worker: from the room's feed
-        fanout: Fanout = current_app.extensions["flaskchat_fanout"]
-        body = fanout.stream(start, connection, keepalive, request.environ["SERVER_PROTOCOL"])
+    response: Response
+    if can_hand_over(request.environ):  # gunicorn's gevent worker: to the room's feed
+        response = HandedOverStream(current_app.extensions["flaskchat_fanout"], start, keepalive)
     else:
-        body = sse_lines(store().stream_items(start, keepalive, client_gone() or never))
-    response = Response(body, mimetype="text/event-stream")
+        items = store().stream_items(start, keepalive, client_gone() or never)
+        response = Response(sse_lines(items), mimetype="text/event-stream")
     response.call_on_close(release)
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # tell nginx not to hold events back
     return response
+
+
+class HandedOverStream(Response):
+    """An event stream whose connection goes to its room's feed once the app has
+    made its headers (see `flaskchat.fanout`); the close callbacks run when the
+    stream ends."""
+
+    def __init__(self, fanout: Fanout, start: StreamStart, keepalive: float) -> None:
+        super().__init__(iter(()), mimetype="text/event-stream")
+        self.fanout, self.start, self.keepalive = fanout, start, keepalive
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Any:
+        headers = self.get_wsgi_headers(environ).to_wsgi_list()
+        return self.fanout.hand_over(
+            self.start, environ, self.status, headers, self.keepalive, self.close
+        )
 
 
 def client_gone() -> Callable[[], bool] | None:

@@ -699,19 +699,34 @@ class RoomStore:
     def present(self, start: StreamStart) -> Iterator[PresentStream]:
         """Count a stream's listener as present while the block runs; afterwards
         the name stays online for the grace period if its login still holds."""
-        roomid, username = start.roomid, start.username
-        present = PresentStream(rules.new_token())
-        self.presence.open(roomid)
+        present = self.open_presence(start)
         try:
-            if username is not None:
-                self.presence.join(roomid, present.stream, username, start.session)
             yield present
         finally:
-            # Best effort: if the store is down, the presence lapses by itself.
+            self.close_presence(start, present)
+
+    def open_presence(self, start: StreamStart) -> PresentStream:
+        """`present`, begun: the stream's room is watched, its listener shown."""
+        present = PresentStream(rules.new_token())
+        self.presence.open(start.roomid)
+        if start.username is not None:
+            try:
+                self.presence.join(start.roomid, present.stream, start.username, start.session)
+            except BaseException:
+                self.presence.close(start.roomid)
+                raise
+        return present
+
+    def close_presence(self, start: StreamStart, present: PresentStream) -> None:
+        """`present`, ended. Best effort: if the store is down, the presence
+        lapses by itself."""
+        roomid, username = start.roomid, start.username
+        try:
             with contextlib.suppress(StoreUnavailable):
                 if username is not None and not present.room_gone:
                     live = self._session_live(roomid, username, start.session)
                     self.presence.leave(roomid, present.stream, grace=live)
+        finally:
             self.presence.close(roomid)
 
     def read_after(
