@@ -27,6 +27,7 @@ import select
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,9 +40,10 @@ from .store import Message, PresentStream, RoomEvent, RoomStore, StreamItem, Str
 
 # How often each feed looks for clients that hung up (one poll of all its sockets).
 HANGUP_CHECK = 2.0
-# The least time between two presence changes sent to a room's streams: a room
-# where hundreds arrive each second sends each stream a few changes a second.
-PRESENCE_TICK = 0.25
+# The least time between two presence changes sent to a room's streams: the first
+# change after a quiet second goes out at once, and a room where hundreds arrive
+# each second sends each stream one change a second.
+PRESENCE_TICK = 1.0
 # What a stream may have waiting beyond its socket's own buffer, and all streams
 # of a process together; a stream past either is cut off (its client reconnects
 # with Last-Event-ID and catches up from storage).
@@ -79,6 +81,7 @@ class Outlet:
     present: PresentStream
     on_close: Callable[[], object]
     shown: int  # the presence version this stream shows
+    peer: str  # the client's address, whose connections this one still counts in
     skip_to: tuple[int, ...] | None = None  # it already has the events up to this id
     pending: list[bytes] | None = None  # what the socket could not take yet
     pending_bytes: int = 0
@@ -112,6 +115,9 @@ class Fanout:
         self._feeds: dict[str, _Feed] = {}
         self.queued_bytes = 0
         self._poll = system_poll()
+        # Connections handed over, per client address: gunicorn has let go of
+        # them, and the worker's cap on connections per address counts them here.
+        self.held: Counter[str] = Counter()
 
     # The request's greenlet
 
@@ -154,10 +160,12 @@ class Fanout:
                         present.room_gone = True
                         break
                 if not more:
+                    peer = connection.getpeername()[0]
                     copy = connection.dup()  # stays open when gunicorn closes its own
-                    candidate = Outlet(copy, copy.fileno(), start, present, on_close, shown)
+                    candidate = Outlet(copy, copy.fileno(), start, present, on_close, shown, peer)
                     if self._attach(feed, candidate, cursor):
                         outlet = candidate
+                        self.held[peer] += 1
                     else:
                         copy.close()
         except (OSError, StoreUnavailable):
@@ -194,6 +202,11 @@ class Fanout:
             outlet.skip_to = here
         feed.outlets.add(outlet)
         feed.poller.register(outlet.fd, select.POLLIN | HUNG_UP)
+        # A change the feed sent while this stream was catching up.
+        version, change = self.store.presence.since(feed.roomid, outlet.shown)
+        if change is not None:
+            self._write(feed, outlet, self._record(change))
+        outlet.shown = version
         return True
 
     def _finish(
@@ -309,6 +322,8 @@ class Fanout:
         size = len(data)
         if outlet.pending_bytes + size > OUTLET_BYTES or self.queued_bytes + size > QUEUED_BYTES:
             outlet.cut = True
+            with contextlib.suppress(OSError):  # also wakes a drain blocked on the socket
+                outlet.connection.shutdown(socket.SHUT_RDWR)
             self._end(feed, outlet)
             return
         if outlet.pending is None:
@@ -352,6 +367,9 @@ class Fanout:
             threading.Thread(target=self._close, args=(feed, outlet), daemon=True).start()
 
     def _close(self, feed: _Feed, outlet: Outlet) -> None:
+        self.held[outlet.peer] -= 1
+        if self.held[outlet.peer] <= 0:
+            del self.held[outlet.peer]
         if outlet.pending is not None:
             self.queued_bytes -= outlet.pending_bytes
             outlet.pending, outlet.pending_bytes = None, 0

@@ -31,8 +31,11 @@ PRESENCE_RENEW = 15.0
 # How often a process reads a room's list from storage, where it can also change
 # by expiry or through another process.
 PRESENCE_CHECK = 2.0
-# Changes kept per room; a stream further behind is sent the whole list again.
-CHANGE_LOG = 256
+# Names kept in each room's log of changes (each change holds at least one); a
+# stream further behind than the log reaches is sent the whole list again. At
+# hundreds of arrivals a second, a stream is a few hundred changes behind at each
+# of its room's presence updates.
+CHANGE_LOG_NAMES = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +60,8 @@ class _Room:
     names: tuple[str, ...] = ()
     counts: Counter[str] = field(default_factory=Counter)  # this process's streams per name
     streams: dict[str, tuple[str, str]] = field(default_factory=dict)  # stream: (name, session)
-    log: deque[tuple[int, frozenset[str], frozenset[str]]] = field(
-        default_factory=lambda: deque(maxlen=CHANGE_LOG)
-    )
+    log: deque[tuple[int, tuple[str, ...], tuple[str, ...]]] = field(default_factory=deque)
+    logged_names: int = 0
     checked_at: float = -1e9
     renew_at: float = 0.0
     edits: int = 0  # local changes, so that a read that raced one is not trusted
@@ -231,10 +233,14 @@ class PresenceBook:
         joined = {name for name in joined if name not in room.names}
         if not joined and not left:
             return False
-        names = [name for name in room.names if name not in left]
+        names = [name for name in room.names if name not in left] if left else list(room.names)
         for name in joined:
             bisect.insort(names, name)
         room.names = tuple(names)
         room.version += 1
-        room.log.append((room.version, frozenset(joined), frozenset(left)))
+        room.log.append((room.version, tuple(joined), tuple(left)))
+        room.logged_names += len(joined) + len(left)
+        while room.logged_names > CHANGE_LOG_NAMES:
+            _, came, went = room.log.popleft()
+            room.logged_names -= len(came) + len(went)
         return True

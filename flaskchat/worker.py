@@ -1,4 +1,5 @@
-"""gunicorn's gevent worker with a cap on open connections per client IP.
+"""gunicorn's gevent worker with a cap on open connections per client IP, event
+streams handed over to their rooms' feeds included.
 
 A gevent worker holds thousands of connections (`worker_connections`), so
 without a cap one machine could take all of them. The cap is the app's
@@ -21,6 +22,7 @@ from collections import Counter
 from typing import Any
 
 from gunicorn.workers import ggevent  # type: ignore[import-untyped]
+from gunicorn.workers.base_async import ALREADY_HANDLED  # type: ignore[import-untyped]
 
 from .settings import DEFAULTS
 
@@ -52,6 +54,10 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
         self.trust_every_peer = "*" in allowed
         self.proxies = [ipaddress.ip_network(a) for a in allowed if a != "*"]
         self.open_connections: Counter[str] = Counter()
+        # Event streams handed over to their rooms' feeds (`flaskchat.fanout`):
+        # gunicorn no longer holds them, but they still count.
+        fanout = getattr(self.wsgi, "extensions", {}).get("flaskchat_fanout")
+        self.handed_over: Counter[str] = Counter() if fanout is None else fanout.held
         super().run()
 
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
@@ -59,7 +65,7 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
         if ip is None or self.is_trusted_proxy(ip):
             super().handle(listener, client, addr)
             return
-        if self.open_connections[ip] >= self.max_connections_per_ip:
+        if self.open_connections[ip] + self.handed_over[ip] >= self.max_connections_per_ip:
             self.log.debug("Refused a connection from %s: over its cap", ip)
             refuse(client)
             return
@@ -70,6 +76,15 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
             self.open_connections[ip] -= 1
             if self.open_connections[ip] <= 0:
                 del self.open_connections[ip]
+
+    def is_already_handled(self, respiter: object) -> bool:
+        """A response that took its connection over (an event stream handed to its
+        room's feed) ends gunicorn's part at once: without this, gunicorn would go
+        on reading the connection for a next request until its keep-alive timeout,
+        holding its copy open, and a stream's end would reach the client late."""
+        if respiter is ALREADY_HANDLED:
+            raise StopIteration
+        return False
 
     def is_trusted_proxy(self, ip: str) -> bool:
         if self.trust_every_peer or not self.proxies:
