@@ -15,8 +15,9 @@ from pathlib import Path
 from .backends import Backend
 from .backends.sqlite import SqliteBackend
 
-# Files SQLite keeps beside a database while it is open or after a crash.
-COMPANIONS = ("-wal", "-shm", "-journal")
+# Files SQLite keeps beside a database while it is open or after a crash, and the
+# counters of the fsyncs its writers share (see `backends.sqlite_sync`).
+COMPANIONS = ("-wal", "-shm", "-journal", "-sync")
 
 
 class DestinationNotEmpty(Exception):

@@ -544,3 +544,16 @@ class RedisClusterServer:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop(signal.SIGKILL)
+
+
+def script_output(script: str, *args: str, timeout: float = 60) -> Any:
+    """Run a Python snippet in a process of its own (gevent patches a whole
+    process) and return the JSON it prints."""
+    out = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=timeout,
+    ).stdout
+    return json.loads(out)

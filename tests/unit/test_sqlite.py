@@ -3,10 +3,7 @@ data that outlives the process that wrote it."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,6 +14,8 @@ import pytest
 from flaskchat import RoomStore, StoreUnavailable
 from flaskchat.backends.sqlite import MIGRATIONS, SqliteBackend
 from flaskchat.rules import new_roomid
+
+from support import script_output
 
 PASSWORD = "correct horse battery"
 CHEAP_HASH = "pbkdf2:sha256:1"
@@ -132,8 +131,7 @@ def test_a_writer_waits_for_another_process_holding_the_write_lock(tmp_path: Pat
     store.close()
 
 
-# Fifty posts at once from greenlets of one gevent process, with COMMIT waited for
-# inline or in the writer thread (SLOW_COMMIT decides; argv[2] sets it).
+# Fifty posts at once from greenlets of one gevent process.
 GEVENT_POSTS = """
 from gevent import monkey
 
@@ -143,9 +141,7 @@ import json, sqlite3, sys
 import gevent
 
 from flaskchat import RoomStore
-from flaskchat.backends import sqlite
 
-sqlite.SLOW_COMMIT = float(sys.argv[2])
 store = RoomStore.from_url("sqlite:///" + sys.argv[1], hash_method="scrypt:1024:8:1")
 roomid = store.create_room("busy")
 store.register(roomid, "alice", "correct horse battery")
@@ -162,36 +158,16 @@ print(json.dumps({
 """
 
 
-def posted_under_gevent(path: Path, slow_commit: float) -> dict[str, Any]:
+def posted_under_gevent(path: Path) -> dict[str, Any]:
     """Run GEVENT_POSTS: ids, texts in conversation order, and WAL frames written."""
-    out = subprocess.run(
-        [sys.executable, "-c", GEVENT_POSTS, str(path), str(slow_commit)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    return json.loads(out)  # type: ignore[no-any-return]
+    return script_output(GEVENT_POSTS, str(path))  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize("slow_commit", [-1.0, 1e9], ids=["writer-thread", "inline"])
-def test_posts_from_many_greenlets_are_all_stored_once_in_order(
-    tmp_path: Path, slow_commit: float
-) -> None:
-    result = posted_under_gevent(tmp_path / "chat.sqlite3", slow_commit)
+def test_posts_from_many_greenlets_are_all_stored_once_in_order(tmp_path: Path) -> None:
+    result = posted_under_gevent(tmp_path / "chat.sqlite3")
     assert len(set(result["ids"])) == 50
     by_id = [f"m{n}" for _, n in sorted(zip(result["ids"], range(50), strict=True))]
     assert result["texts"] == by_id
-
-
-def test_a_slow_commit_waited_for_in_a_thread_holds_many_posts(tmp_path: Path) -> None:
-    """While one COMMIT waits in the writer thread, the other greenlets queue their
-    posts, and the next transaction writes them together: far fewer commits (WAL
-    frames) than posts. Inline, every post commits on its own."""
-    threaded = posted_under_gevent(tmp_path / "threaded.sqlite3", -1.0)["frames"]
-    inline = posted_under_gevent(tmp_path / "inline.sqlite3", 1e9)["frames"]
-    assert inline >= 50
-    assert threaded < inline / 2
 
 
 # What a worker meets when the file was not writable as it opened it: SQLite then
