@@ -16,6 +16,7 @@ import grp
 import os
 import pwd
 import re
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -194,4 +195,4 @@ def behind_nginx(
         finally:
             nginx.stop()
     finally:
-        gunicorn.stop()
+        gunicorn.stop(signal.SIGINT)  # at once, not after its graceful timeout

@@ -3,6 +3,7 @@ on 127.0.0.1: at the root, under a /chat prefix, or by real gunicorn."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page
 from werkzeug.exceptions import NotFound
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
+import flaskchat.presence
 from flaskchat import create_app
 
 from support import ServedApp, close_app, gunicorn_service, require_executable
@@ -68,6 +70,13 @@ def prefixed_site(chat_app: Flask) -> Iterator[str]:
         yield served.url + "/chat/"
 
 
+@pytest.fixture(autouse=True)
+def prompt_hang_ups(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Streams served in this process look for a closed page twice a second (not
+    every 2 s), so a test's server, which waits for them, stops at once."""
+    monkeypatch.setattr(flaskchat.presence, "PRESENCE_CHECK", 0.5)
+
+
 @pytest.fixture
 def gunicorn_site(tmp_path: Path) -> Iterator[str]:
     """Real gunicorn, with the recommended settings and two gevent workers, on one
@@ -83,7 +92,7 @@ def gunicorn_site(tmp_path: Path) -> Iterator[str]:
         },
     ).start()
     yield service.url + "/"
-    service.stop()
+    service.stop(signal.SIGINT)  # at once, not after its graceful timeout
 
 
 # How Chromium logs a reply with an error status: the pages expect some (a refused
