@@ -244,8 +244,7 @@ class Fanout:
                     except StoreUnavailable:
                         time.sleep(1.0)  # the streams wait; the store may come back
                 now = time.monotonic()
-                store.presence.refresh(roomid)
-                version = store.presence.current(roomid)[0]
+                version = store.presence.current(roomid)[0]  # read from storage when due
                 if version != feed.shown and now >= feed.presence_at:
                     self._send_presence(feed, version)
                     feed.presence_at = now + PRESENCE_TICK

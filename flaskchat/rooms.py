@@ -204,7 +204,7 @@ def events(roomid: str) -> Response:
     if can_hand_over(request.environ):  # gunicorn's gevent worker: to the room's feed
         response = HandedOverStream(current_app.extensions["flaskchat_fanout"], start, keepalive)
     else:
-        items = store().stream_items(start, keepalive, client_gone() or never)
+        items = store().stream_items(start, keepalive, client_gone())
         response = Response(sse_lines(items), mimetype="text/event-stream")
     response.call_on_close(release)
     response.headers["Cache-Control"] = "no-cache"
@@ -234,10 +234,6 @@ def client_gone() -> Callable[[], bool] | None:
     within seconds instead of at the next keep-alive."""
     connection = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
     return None if connection is None else hung_up(connection)
-
-
-def never() -> bool:
-    return False
 
 
 def sse_lines(items: Iterator[StreamItem]) -> Iterator[str]:

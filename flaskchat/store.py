@@ -673,7 +673,7 @@ class RoomStore:
         the first item.
         """
         start = self.start_stream(roomid, after=after, ticket=ticket, username=username)
-        return self.stream_items(start, keepalive, closed or _never)
+        return self.stream_items(start, keepalive, closed)
 
     def start_stream(
         self,
@@ -754,10 +754,11 @@ class RoomStore:
         return items, cursor, len(batch) == REPLAY_BATCH
 
     def stream_items(
-        self, start: StreamStart, keepalive: float, closed: Callable[[], bool] = _never
+        self, start: StreamStart, keepalive: float, closed: Callable[[], bool] | None = None
     ) -> Iterator[StreamItem]:
         """The items of a started stream, for one listener (see `follow`)."""
         roomid, cursor = start.roomid, start.cursor
+        closed = closed or _never
         with self.signals.listening(roomid), self.present(start) as present:
             generation = self.signals.generation(roomid)
             shown, names = self.presence.current(roomid)
