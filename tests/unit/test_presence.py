@@ -9,8 +9,10 @@ import time
 
 import pytest
 
+import flaskchat.presence
 from flaskchat import AuthenticationFailed, RoomStore
 from flaskchat.backends.sqlite import MIGRATIONS
+from flaskchat.presence import Presence, PresenceChange
 
 PASSWORD = "correct horse battery"
 
@@ -86,3 +88,35 @@ def test_a_file_from_before_sessions_keeps_its_tickets_and_presence(
         assert store.backend.take_ticket(roomid, "digest", time.time()) == ("alice", "")
     finally:
         store.close()
+
+
+def test_a_stream_hundreds_of_arrivals_behind_gets_only_the_change() -> None:
+    """With a log of 256 changes, every stream of a room where 300 people arrived
+    between two updates was sent the whole list again (5,000 arrivals: 5,000
+    lists of thousands of names to each stream)."""
+    store = RoomStore()
+    roomid = store.create_room("arrivals")
+    store.presence.open(roomid)
+    opened, _ = store.presence.current(roomid)
+    for n in range(300):
+        store.presence.join(roomid, f"stream{n}", f"user{n:03}", "")
+    version, change = store.presence.since(roomid, opened)
+    assert change == PresenceChange([f"user{n:03}" for n in range(300)], [])
+    assert version == opened + 300
+
+
+def test_the_change_log_is_bounded_by_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the bound, a stream that far behind gets the whole list instead."""
+    monkeypatch.setattr(flaskchat.presence, "CHANGE_LOG_NAMES", 50)
+    store = RoomStore()
+    roomid = store.create_room("crowd")
+    store.presence.open(roomid)
+    opened, _ = store.presence.current(roomid)
+    for n in range(120):
+        store.presence.join(roomid, f"stream{n}", f"user{n:03}", "")
+    room = store.presence._rooms[roomid]
+    assert room.logged_names <= 50 and len(room.log) <= 50
+    _, whole = store.presence.since(roomid, opened)
+    assert whole == Presence([f"user{n:03}" for n in range(120)])
+    _, recent = store.presence.since(roomid, opened + 100)
+    assert recent == PresenceChange([f"user{n:03}" for n in range(100, 120)], [])
