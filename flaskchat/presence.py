@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -58,7 +58,6 @@ class _Room:
     listeners: int = 0
     version: int = 0
     names: tuple[str, ...] = ()
-    counts: Counter[str] = field(default_factory=Counter)  # this process's streams per name
     streams: dict[str, tuple[str, str]] = field(default_factory=dict)  # stream: (name, session)
     log: deque[tuple[int, tuple[str, ...], tuple[str, ...]]] = field(default_factory=deque)
     logged_names: int = 0
@@ -109,7 +108,6 @@ class PresenceBook:
             if room is None:
                 return
             room.streams[stream] = (username, session)
-            room.counts[username] += 1
             room.edits += 1
             changed = self._apply(room, joined={username}, left=set())
         if changed:
@@ -121,10 +119,6 @@ class PresenceBook:
         with self._lock:
             room = self._rooms.get(roomid)
             entry = None if room is None else room.streams.pop(stream, None)
-            if room is not None and entry is not None:
-                room.counts[entry[0]] -= 1
-                if room.counts[entry[0]] <= 0:
-                    del room.counts[entry[0]]
         if entry is None:
             return
         if grace:
@@ -148,9 +142,6 @@ class PresenceBook:
                 for stream, (name, session) in list(room.streams.items()):
                     if match(name, session):
                         del room.streams[stream]
-                        room.counts[name] -= 1
-                        if room.counts[name] <= 0:
-                            del room.counts[name]
         self.changed(roomid)
 
     def changed(self, roomid: str) -> None:
