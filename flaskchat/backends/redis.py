@@ -46,6 +46,7 @@ import json
 import os
 import re
 import select
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -357,7 +358,9 @@ def _room_of(channel: str) -> str:
 class ShardWatch:
     """The watcher's view of a cluster: one connection per node, subscribed with
     SSUBSCRIBE to the `changed` channels of the watched rooms whose slots that
-    node owns, all waited on at once. Only the watcher thread uses it.
+    node owns, all waited on at once. The watcher thread uses it; `close` may
+    come from another thread while the watcher waits, so everything but the
+    wait itself runs under `_lock`, and a closed watch reports nothing.
 
     A room is subscribed before it is first reported (so nothing written after
     the report goes unseen) and reported again whenever its subscription is
@@ -369,10 +372,37 @@ class ShardWatch:
     def __init__(self, client: Any) -> None:
         self.client = client
         self._outages = _outages()
+        self._lock = threading.Lock()
+        self._closed = False
         self._nodes: dict[str, Any] = {}  # node name -> its subscribed connection
         self._rooms: dict[str, str] = {}  # watched room -> node name
 
     def wait(self, roomids: Collection[str], timeout: float) -> set[str]:
+        with self._lock:
+            if self._closed:
+                return set()
+            changed, ready, fds = self._look(roomids)
+        if changed is not None:
+            return changed
+        if not ready and fds:  # wait without the lock: `close` may come meanwhile
+            poller = select.poll()
+            for fd in fds:
+                poller.register(fd, select.POLLIN)
+            ready = [fds[fd] for fd, _ in poller.poll(max(int(timeout * 1000), 1))]
+        elif not ready:
+            time.sleep(timeout)
+        with self._lock:
+            if self._closed:
+                return set()
+            try:
+                return self._read(ready)
+            except self._outages as exc:
+                raise StoreUnavailable() from exc
+
+    def _look(self, roomids: Collection[str]) -> tuple[set[str] | None, list[str], dict[int, str]]:
+        """Subscribe and unsubscribe as `roomids` asks: rooms just subscribed are
+        reported at once (changed is not None). Otherwise the nodes with
+        something to read now, or the sockets to wait on. Caller holds `_lock`."""
         wanted = set(roomids)
         for roomid in set(self._rooms) - wanted:
             self._unsubscribe(roomid)
@@ -383,12 +413,9 @@ class ShardWatch:
                 changed |= self._subscribe(fresh)
             except self._outages as exc:
                 raise StoreUnavailable() from exc
-            return changed | fresh
-        if not self._nodes:
-            time.sleep(timeout)
-            return changed
+            return changed | fresh, [], {}
         try:
-            return self._read(timeout)
+            return None, *self._ready()
         except self._outages as exc:
             raise StoreUnavailable() from exc
 
@@ -444,13 +471,10 @@ class ShardWatch:
         except self._outages:
             self._drop(name)
 
-    def _read(self, timeout: float) -> set[str]:
-        """What the nodes announce within `timeout`; the rooms of a node whose
-        connection fails are reported, and subscribed again on the next call."""
+    def _read(self, ready: list[str]) -> set[str]:
+        """What the `ready` nodes announce; the rooms of a node whose connection
+        fails are reported, and subscribed again on the next call."""
         changed: set[str] = set()
-        ready = self._ready(0)
-        if not ready:
-            ready = self._ready(timeout)
         for name in ready:
             connection = self._nodes.get(name)
             if connection is None:
@@ -463,29 +487,24 @@ class ShardWatch:
                 self._refresh()
         return changed
 
-    def _ready(self, timeout: float) -> list[str]:
-        """Nodes with something to read. `select.poll` is gevent's when gevent
-        patched it, so waiting here lets other greenlets run."""
+    def _ready(self) -> tuple[list[str], dict[int, str]]:
+        """Nodes with something to read now, and every node's socket to wait on
+        otherwise (`select.poll` is gevent's when gevent patched it, so the
+        wait lets other greenlets run)."""
         fds: dict[int, str] = {}
         ready = []
         for name, connection in self._nodes.items():
             sock = connection._sock
             if sock is None:
                 ready.append(name)  # closed: reading it tells what became of it
-            elif timeout == 0:
-                try:
-                    if connection.can_read(0):
-                        ready.append(name)
-                except self._outages:
+                continue
+            fds[sock.fileno()] = name
+            try:
+                if connection.can_read(0):
                     ready.append(name)
-            else:
-                fds[sock.fileno()] = name
-        if ready or timeout == 0:
-            return ready
-        poller = select.poll()
-        for fd in fds:
-            poller.register(fd, select.POLLIN)
-        return [fds[fd] for fd, _ in poller.poll(max(int(timeout * 1000), 1))]
+            except self._outages:
+                ready.append(name)
+        return ready, fds
 
     def _handle(self, name: str, reply: Any) -> set[str]:
         """One push from a node: an announcement, or a room the node let go."""
@@ -516,8 +535,10 @@ class ShardWatch:
             self.client.nodes_manager.initialize()
 
     def close(self) -> None:
-        for name in list(self._nodes):
-            self._drop(name)
+        with self._lock:
+            self._closed = True
+            for name in list(self._nodes):
+                self._drop(name)
 
 
 class RedisBackend:

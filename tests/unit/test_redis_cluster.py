@@ -124,3 +124,34 @@ def test_writes_wait_for_a_cluster_replica(redis_cluster_url: str) -> None:
         assert len(store.conversation(roomid)) == 1
     finally:
         store.close()
+
+
+def test_a_closed_store_stops_its_cluster_watch_even_while_it_waits(
+    redis_cluster_url: str,
+) -> None:
+    """The watcher thread may be waiting on the nodes when the store is closed
+    from another thread. It once read a connection that `close` had just let
+    go (a TypeError in the watcher thread), and subscribed again afterwards,
+    opening connections that nothing would close."""
+    backend = RedisBackend(redis_cluster_url)
+    store = RoomStore(backend)
+    rooms = [store.create_room(f"room {n}") for n in range(6)]
+    watch = backend._shards  # type: ignore[attr-defined]
+    assert watch.wait(rooms, 0.1) == set(rooms)  # subscribed: reported once
+    errors: list[BaseException] = []
+    returned: list[set[str]] = []
+
+    def watcher() -> None:
+        try:
+            for _ in range(50):
+                returned.append(watch.wait(rooms, 0.02))
+        except BaseException as exc:  # the watcher must not die of a close
+            errors.append(exc)
+
+    thread = threading.Thread(target=watcher)
+    thread.start()
+    store.close()
+    thread.join(10)
+    assert not thread.is_alive() and errors == []
+    assert watch.wait(rooms, 0.1) == set()  # closed: reports nothing
+    assert watch._nodes == {}  # and opened no connection again
